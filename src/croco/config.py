@@ -1,0 +1,184 @@
+"""The run config: one YAML file, validated strictly before any work starts.
+
+Every field is documented here and nowhere else (the README's config reference is
+generated from these descriptions). Defaults are the paper's settings (docs: METHOD.md).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from croco.errors import CrocoError
+from croco.languages import LANGUAGES
+
+
+class _Section(BaseModel):
+    # strict: "8" is not silently read as 8; extra="forbid": a misspelt key is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        description="Hugging Face model id, local folder, or `embedded:NAME` for a model croco builds offline "
+        "(`embedded:smollm2-135m-instruct`, `embedded:croco-demo-reward`)."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(False, description="Run the model repository's own Python code; off unless you trust it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; `auto` is bfloat16 on a GPU and float32 on a CPU."
+    )
+    adapter: str | None = Field(None, description="A PEFT LoRA adapter folder applied on top of the model.")
+
+
+class ModelsConfig(_Section):
+    policy: ModelConfig = Field(description="The model that answers the prompts and is later tuned.")
+    reward: ModelConfig = Field(description="Sequence-classification reward model with one logit.")
+
+
+class DataSource(_Section):
+    path: str = Field(
+        description="A local JSON/JSONL file, a dataset folder or Hugging Face dataset id (read with `datasets`), or `embedded:demo-prompts`."
+    )
+    language: str | None = Field(None, description="Language of every record in this source; else each record's language field.")
+    split: str = Field("train", description="Dataset split (Hugging Face datasets only).")
+    name: str | None = Field(None, description="Dataset configuration name (Hugging Face datasets only).")
+    revision: str | None = Field(None, description="Dataset revision (Hugging Face datasets only).")
+
+
+class DataConfig(_Section):
+    sources: list[DataSource] = Field(min_length=1, description="Where the prompts come from: one source per language, or sources with a language field.")
+    id_field: str = Field("prompt_id", description="Record field holding the stable prompt id shared by all translations.")
+    language_field: str = Field("language", description="Record field holding the language code, for sources without `language`.")
+    subsample: int | None = Field(None, gt=0, description="Keep this many prompt ids, drawn at random with the run seed (all their languages kept).")
+    on_invalid: Literal["error", "reject"] = Field(
+        "error", description="`error` stops at the first invalid record; `reject` writes it to rejects.jsonl with its reason and counts it."
+    )
+
+
+class EngineConfig(_Section):
+    name: Literal["transformers"] = Field("transformers", description="Inference engine.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    batch_size: int = Field(16, gt=0, description="Sequences per forward pass.")
+
+
+class GenerateConfig(_Section):
+    engine: EngineConfig = Field(EngineConfig(), description="Engine that samples the answers.")
+    num_samples: int = Field(64, gt=0, description="Answers sampled per prompt.")
+    max_new_tokens: int = Field(4096, gt=0, description="Longest answer, in tokens.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    respond_in_language: bool = Field(
+        False, description='Append "Please respond in {Language} and nothing else." to each prompt (stored beside the original).'
+    )
+    prompts_per_shard: int = Field(64, gt=0, description="Prompts per output shard; a crash loses at most one shard of work.")
+
+
+class ScoreConfig(_Section):
+    engine: EngineConfig = Field(EngineConfig(batch_size=8), description="Engine that runs the reward model.")
+    max_len: int = Field(32768, gt=0, description="Conversations longer than this many tokens are skipped and counted, never scored.")
+
+
+class CrocoConfig(_Section):
+    run_dir: str = Field(description="Folder that holds every stage's output; relative paths are relative to the working directory.")
+    seed: int = Field(42, description="Seed for subsampling, sampling and training.")
+    languages: list[str] = Field(min_length=1, description="Languages to run, as croco language codes (see `croco languages`).")
+    models: ModelsConfig
+    data: DataConfig
+    generate: GenerateConfig = GenerateConfig()
+    score: ScoreConfig = ScoreConfig()
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, codes: list[str]) -> list[str]:
+        unknown = [c for c in codes if c not in LANGUAGES]
+        if unknown:
+            raise ValueError(f"unknown language code {unknown[0]!r}; use one of {', '.join(sorted(LANGUAGES))}")
+        if len(set(codes)) != len(codes):
+            raise ValueError("lists a language twice")
+        return codes
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> CrocoConfig:
+    """Read a YAML config, apply `key.path=value` overrides, and validate it all."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CrocoError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise CrocoError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise CrocoError(f"config file {path} must hold a mapping of keys to values")
+    for override in overrides:
+        _apply_override(raw, override)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> CrocoConfig:
+    try:
+        return CrocoConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise CrocoError(f"{source}: {_explain(exc.errors()[0])}") from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise CrocoError(f"override {override!r} must look like key.path=value, for example generate.num_samples=8")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CrocoError(f"override {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _explain(error: dict[str, Any]) -> str:
+    """One sentence naming the key and the fix, from pydantic's error record."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {'.'.join(loc[:-1] + close)}?" if close else f"known keys here: {', '.join(known)}"
+        return f"unknown key {key}; {hint}"
+    if kind == "missing":
+        return f"missing required key {key}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key {key}: {message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = CrocoConfig
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = model.model_fields[part].annotation
+        model = getattr(annotation, "__args__", [annotation])[0]
+    return list(model.model_fields)
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its default and its description, for the README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            inner = getattr(annotation, "__args__", [annotation])[0]
+            key = f"{prefix}{name}"
+            if isinstance(inner, type) and issubclass(inner, _Section):
+                walk(inner, key + ("[]." if annotation is not inner and getattr(annotation, "__origin__", None) is list else "."))
+                continue
+            default = "required" if field.is_required() else f"`{field.default!r}`"
+            rows.append(f"| `{key}` | {default} | {field.description or ''} |")
+
+    walk(CrocoConfig, "")
+    return "\n".join(rows)

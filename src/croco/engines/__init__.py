@@ -1,0 +1,64 @@
+"""The engine interface: what stages ask of an inference backend, and nothing more.
+
+A stage hands over chat conversations (lists of {role, content}) and gets back texts or
+scores; rendering chat templates, batching and devices are the engine's business. This
+fits transformers (here), vLLM's `LLM.chat` and OpenAI-compatible servers alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from croco.config import EngineConfig, ModelConfig
+
+Messages = list[dict[str, str]]
+Progress = Callable[[int], None]  # called with the number of sequences just finished
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    num_samples: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Score:
+    reward: float | None  # raw logit; None when skipped
+    num_tokens: int
+    skip_reason: str | None = None
+
+
+class Generator(Protocol):
+    def generate(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None) -> list[list[Completion]]:
+        """`params.num_samples` completions for each prompt, in prompt order; reproducible for a fixed seed."""
+        ...
+
+
+class RewardScorer(Protocol):
+    def score(self, conversations: Sequence[Messages], max_len: int, progress: Progress | None = None) -> list[Score]:
+        """One raw reward per conversation; longer than `max_len` tokens gives a skip, never a value."""
+        ...
+
+
+def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
+    from croco.engines.transformers_engine import TransformersGenerator
+
+    return TransformersGenerator(engine, model)
+
+
+def load_scorer(engine: EngineConfig, model: ModelConfig) -> RewardScorer:
+    from croco.engines.transformers_engine import TransformersScorer
+
+    return TransformersScorer(engine, model)

@@ -1,0 +1,98 @@
+"""The transformers engine: runs on a CPU or one GPU with nothing but transformers installed.
+
+Sequences are sorted by prompt length and batched with left padding, so a batch wastes
+little compute on padding; results go back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from croco.config import EngineConfig, ModelConfig
+from croco.engines import Completion, Messages, Progress, SamplingParams, Score
+from croco.models import encode_chat, load_model, load_tokenizer, pick_device
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TransformersGenerator:
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        self.device = pick_device(engine.device)
+        self.batch_size = engine.batch_size
+        self.tokenizer = load_tokenizer(model, padding_side="left")
+        self.model = load_model(model, AutoModelForCausalLM, self.device)
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None) -> list[list[Completion]]:
+        encoded = [encode_chat(self.tokenizer, messages, generation_prompt=True) for messages in prompts]
+        # One row per (prompt, sample): rows of one prompt sit together, so batches share prompt lengths.
+        rows = [(p, s) for p in range(len(prompts)) for s in range(params.num_samples)]
+        results: list[list[Completion | None]] = [[None] * params.num_samples for _ in prompts]
+        torch.manual_seed(params.seed)
+        for batch in _length_sorted_batches([len(encoded[p]) for p, _ in rows], self.batch_size):
+            batch_rows = [rows[i] for i in batch]
+            inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(self.device)
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False}
+            output = self.model.generate(
+                **inputs, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+            for (p, s), tokens in zip(batch_rows, new_tokens):
+                results[p][s] = self._completion(tokens, len(encoded[p]))
+            if progress:
+                progress(len(batch_rows))
+        return results  # type: ignore[return-value]
+
+    def _completion(self, tokens: list[int], prompt_tokens: int) -> Completion:
+        stop_at = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
+        kept = tokens if stop_at is None else tokens[: stop_at + 1]
+        return Completion(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            finish_reason="length" if stop_at is None else "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(kept),
+        )
+
+
+class TransformersScorer:
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        self.device = pick_device(engine.device)
+        self.batch_size = engine.batch_size
+        self.tokenizer = load_tokenizer(model, padding_side="left")
+        self.model = load_model(model, AutoModelForSequenceClassification, self.device)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"reward model {model.path} has {self.model.config.num_labels} labels; croco needs a one-logit classifier")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @torch.inference_mode()
+    def score(self, conversations: Sequence[Messages], max_len: int, progress: Progress | None = None) -> list[Score]:
+        encoded = [encode_chat(self.tokenizer, messages, generation_prompt=False) for messages in conversations]
+        results: list[Score | None] = [None] * len(encoded)
+        fitting = []
+        for i, ids in enumerate(encoded):
+            if len(ids) > max_len:
+                results[i] = Score(reward=None, num_tokens=len(ids), skip_reason="too_long")
+            else:
+                fitting.append(i)
+        if progress and len(fitting) < len(encoded):
+            progress(len(encoded) - len(fitting))
+        for batch in _length_sorted_batches([len(encoded[i]) for i in fitting], self.batch_size):
+            indices = [fitting[b] for b in batch]
+            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(self.device)
+            logits = self.model(**inputs).logits[:, 0].float().tolist()
+            for i, logit in zip(indices, logits):
+                finite = math.isfinite(logit)
+                results[i] = Score(reward=logit if finite else None, num_tokens=len(encoded[i]), skip_reason=None if finite else "non_finite_reward")
+            if progress:
+                progress(len(indices))
+        return results  # type: ignore[return-value]

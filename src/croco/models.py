@@ -1,0 +1,77 @@
+"""Loading models and tokenizers the same safe way everywhere.
+
+Weights load from safetensors only (never pickles), remote code runs only where the
+config turns it on, and embedded models resolve to their cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+
+from croco.config import ModelConfig
+from croco.embedded import resolve_model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(model: ModelConfig, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model(model.path), revision=model.revision, trust_remote_code=model.trust_remote_code
+    )
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwargs: Any) -> torch.nn.Module:
+    loaded = auto_class.from_pretrained(
+        resolve_model(model.path),
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        use_safetensors=True,
+        dtype=pick_dtype(model.dtype, device),
+        **kwargs,
+    )
+    if model.adapter:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, model.adapter)
+    return loaded.to(device).eval()
+
+
+def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    """Token ids of a conversation rendered with the model's chat template.
+
+    Rendered and tokenized in one step: the template already writes the BOS token, and
+    tokenizing the rendered text again would add a second one.
+    """
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])
+
+
+def model_identity(model: ModelConfig) -> dict[str, Any]:
+    """What identifies a model's behaviour in a stage key: its id, revision, adapter and chat template."""
+    template = load_tokenizer(model).chat_template or ""
+    return {
+        "path": model.path,
+        "revision": model.revision,
+        "adapter": model.adapter,
+        "dtype": model.dtype,
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
+    }

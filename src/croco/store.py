@@ -1,0 +1,121 @@
+"""The run store: one folder per run, one sub-folder per stage.
+
+    RUN_DIR/<stage>/manifest.json     what the stage was asked to do (its key) and what it did
+    RUN_DIR/<stage>/data/part-*.parquet       the stage's records, one shard per unit of work
+    RUN_DIR/<stage>/skipped/part-*.parquet    samples it could not process, with reasons
+
+A shard is written under a temporary name and renamed when complete, so a killed stage
+never leaves a partial shard that looks finished; on restart it redoes only the units
+whose data shard is missing. The key is a hash of every setting that shapes the stage's
+output (and of the upstream stage's key): a stage whose stored key differs is wiped and redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def stable_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class StageStore:
+    def __init__(self, run_dir: Path, name: str):
+        self.name = name
+        self.path = Path(run_dir) / name
+        self.data_dir = self.path / "data"
+        self.skipped_dir = self.path / "skipped"
+        self.manifest_path = self.path / "manifest.json"
+
+    def manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        return json.loads(self.manifest_path.read_text())
+
+    def is_complete(self, key: str) -> bool:
+        manifest = self.manifest()
+        return bool(manifest) and manifest["key"] == key and manifest["status"] == "complete"
+
+    def open(self, key: str, settings: dict[str, Any]) -> None:
+        """Start or resume the stage under `key`; output made under another key is removed first."""
+        manifest = self.manifest()
+        if manifest is not None and manifest["key"] != key:
+            self.wipe()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.skipped_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.path.rglob("*.tmp"):
+            leftover.unlink()
+        if manifest is None or manifest["key"] != key:
+            self._write_manifest({"stage": self.name, "key": key, "status": "running", "settings": settings})
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def shard_name(self, index: int) -> str:
+        return f"part-{index:05d}.parquet"
+
+    def has_shard(self, index: int) -> bool:
+        return (self.data_dir / self.shard_name(index)).exists()
+
+    def write_shard(self, index: int, records: list[dict], schema: pa.Schema, skipped: list[dict], skipped_schema: pa.Schema) -> None:
+        # The data shard is renamed last: its presence is what marks the unit as done.
+        self._write_table(self.skipped_dir / self.shard_name(index), skipped, skipped_schema)
+        self._write_table(self.data_dir / self.shard_name(index), records, schema)
+
+    def read(self, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        return self._read_dir(self.data_dir, schema, columns)
+
+    def read_skipped(self, schema: pa.Schema) -> pa.Table:
+        return self._read_dir(self.skipped_dir, schema, None)
+
+    def shard_indices(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.data_dir.glob("part-*.parquet"))
+
+    def read_shard(self, index: int, schema: pa.Schema) -> pa.Table:
+        return pq.read_table(self.data_dir / self.shard_name(index), schema=schema)
+
+    def finish(self, report: dict[str, Any]) -> dict[str, Any]:
+        manifest = {**(self.manifest() or {}), **report, "status": "complete", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._write_manifest(manifest)
+        return manifest
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+    @staticmethod
+    def _write_table(path: Path, records: list[dict], schema: pa.Schema) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _read_dir(folder: Path, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+        paths = sorted(folder.glob("part-*.parquet"))
+        if not paths:
+            table = schema.empty_table()
+            return table.select(columns) if columns else table
+        return pa.concat_tables(pq.read_table(p, columns=columns, schema=schema) for p in paths)

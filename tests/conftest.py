@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random models (2 layers, 64 dims) on SmolLM2's real tokenizer, and configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from croco.config import CrocoConfig, parse_config  # noqa: E402
+from croco.embedded import POLICY, PREFIX, resolve_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The embedded SmolLM2 converted to safetensors (built once per machine in the croco cache)."""
+    return Path(resolve_model(PREFIX + POLICY))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(smollm_dir: Path, tmp_path_factory) -> dict[str, str]:
+    """A random tiny causal LM and a random tiny one-logit classifier that share SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    root = tmp_path_factory.mktemp("tiny")
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    paths = {}
+    for name, model in (
+        ("policy", LlamaForCausalLM(LlamaConfig(**common))),
+        ("reward", LlamaForSequenceClassification(LlamaConfig(**common, num_labels=1))),
+    ):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def prompt_record(prompt_id: str, language: str, text: str = "Say something kind.") -> dict:
+    return {"prompt_id": prompt_id, "language": language, "messages": [{"role": "user", "content": text}]}
+
+
+def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **sections) -> CrocoConfig:
+    raw = {
+        "run_dir": str(run_dir),
+        "languages": ["en", "da"],
+        "models": {"policy": {"path": models["policy"]}, "reward": {"path": models["reward"]}},
+        "data": {"sources": sources},
+        "generate": {"num_samples": 2, "max_new_tokens": 6, "prompts_per_shard": 2, "engine": {"batch_size": 4}},
+        "score": {"engine": {"batch_size": 4}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse_config(raw)
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    records = [prompt_record(f"p{i}", lang, f"Question {i} in {lang}?") for lang in ("en", "da") for i in range(3)]
+    return write_jsonl(tmp_path / "prompts.jsonl", records)

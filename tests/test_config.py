@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+
+from croco.config import CrocoConfig, config_reference, load_config, parse_config
+from croco.errors import CrocoError
+
+from conftest import REPO
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def minimal(**extra) -> dict:
+    return {
+        "run_dir": "runs/x",
+        "languages": ["en"],
+        "models": {"policy": {"path": "a"}, "reward": {"path": "b"}},
+        "data": {"sources": [{"path": "p.jsonl"}]},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_validates(path: Path):
+    cfg = load_config(path)
+    assert isinstance(cfg, CrocoConfig)
+
+
+def test_shipped_configs_include_demo_and_paper_recipes():
+    assert {"demo.yaml", "eurollm-9b.yaml", "tiny-aya.yaml"} <= {p.name for p in SHIPPED}
+
+
+def test_paper_recipes_keep_paper_defaults():
+    cfg = load_config(REPO / "configs" / "eurollm-9b.yaml")
+    assert (cfg.generate.num_samples, cfg.generate.max_new_tokens, cfg.score.max_len, cfg.seed) == (64, 4096, 32768, 42)
+    assert cfg.models.reward.path == "Skywork/Skywork-Reward-V2-Qwen3-8B"
+
+
+def test_defaults_are_the_papers():
+    cfg = parse_config(minimal())
+    assert cfg.generate.num_samples == 64 and cfg.generate.temperature == 1.0 and cfg.generate.top_p == 1.0
+    assert cfg.score.max_len == 32768
+    assert cfg.models.policy.trust_remote_code is False
+
+
+def test_misspelt_key_names_the_key_and_the_fix():
+    with pytest.raises(CrocoError, match=r"unknown key generate\.num_sample; did you mean generate\.num_samples\?"):
+        parse_config(minimal(generate={"num_sample": 3}))
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(CrocoError, match=r"unknown key lanugages; did you mean languages\?"):
+        parse_config(minimal(lanugages=["en"]))
+
+
+def test_unknown_key_inside_a_list_item():
+    raw = minimal()
+    raw["data"]["sources"][0]["langauge"] = "da"
+    with pytest.raises(CrocoError, match=r"unknown key data\.sources\.0\.langauge; did you mean data\.sources\.0\.language\?"):
+        parse_config(raw)
+
+
+def test_wrong_type_is_not_coerced():
+    with pytest.raises(CrocoError, match=r"key generate\.num_samples: input should be a valid integer \(got '8'\)"):
+        parse_config(minimal(generate={"num_samples": "8"}))
+
+
+def test_unknown_language_code():
+    with pytest.raises(CrocoError, match=r"key languages: unknown language code 'xx'; use one of .*da"):
+        parse_config(minimal(languages=["en", "xx"]))
+
+
+def test_missing_required_key():
+    raw = minimal()
+    del raw["models"]["reward"]
+    with pytest.raises(CrocoError, match=r"missing required key models\.reward"):
+        parse_config(raw)
+
+
+def test_overrides_reach_any_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: r\nlanguages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\n")
+    cfg = load_config(path, ["generate.num_samples=8", "languages=[en,da]", "score.engine.batch_size=2", "models.policy.adapter=ad"])
+    assert cfg.generate.num_samples == 8 and cfg.languages == ["en", "da"]
+    assert cfg.score.engine.batch_size == 2 and cfg.models.policy.adapter == "ad"
+
+
+def test_malformed_override(tmp_path):
+    with pytest.raises(CrocoError, match="must look like key.path=value"):
+        load_config(REPO / "configs" / "demo.yaml", ["generate.num_samples"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(CrocoError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: [unclosed\n")
+    with pytest.raises(CrocoError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_reference_documents_every_leaf_key():
+    reference = config_reference()
+    for key in ("generate.num_samples", "score.max_len", "models.policy.trust_remote_code", "data.sources[].path", "generate.engine.batch_size"):
+        assert f"`{key}`" in reference
