@@ -48,6 +48,15 @@ def tiny_models(smollm_dir: Path, tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def demo_reward(smollm_dir: Path, tmp_path_factory) -> tuple[str, dict]:
+    """The demonstration reward model, fitted afresh for this test session (a few minutes on 2 cores)."""
+    from croco.demo_reward import build_reward_model
+
+    out = tmp_path_factory.mktemp("demo-reward")
+    return str(out), build_reward_model(smollm_dir, out)
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records), encoding="utf-8")
     return path

@@ -12,7 +12,7 @@ import yaml
 from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
-from croco.pipeline import STAGE_NAMES, STAGES, run_pipeline
+from croco.pipeline import STAGES, run_pipeline
 from croco.report import write_report
 
 log = logging.getLogger("croco")
@@ -81,10 +81,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     only = None if args.command == "run" else [args.command]
     results = run_pipeline(cfg, only=only, force=args.force)
-    if args.command == "run" or args.command == STAGE_NAMES[-1]:
-        report = write_report(cfg, results)
-        log.info("outputs: %s (one folder per stage: %s)", cfg.run_dir, ", ".join(r.name for r in results))
-        log.info("report:  %s", report)
+    report = write_report(cfg, results)
+    log.info("outputs: %s (one folder per stage: %s)", cfg.run_dir, ", ".join(r.name for r in results))
+    log.info("report:  %s", report)
     return 0
 
 

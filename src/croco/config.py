@@ -7,6 +7,7 @@ generated from these descriptions). Defaults are the paper's settings (docs: MET
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,16 +170,18 @@ def config_reference() -> str:
     """Markdown table of every key, its default and its description, for the README."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: str) -> None:
         for name, field in model.model_fields.items():
             annotation = field.annotation
             inner = getattr(annotation, "__args__", [annotation])[0]
             key = f"{prefix}{name}"
+            default = getattr(defaults, name) if defaults is not None else field.default
             if isinstance(inner, type) and issubclass(inner, _Section):
-                walk(inner, key + ("[]." if annotation is not inner and getattr(annotation, "__origin__", None) is list else "."))
+                in_list = getattr(annotation, "__origin__", None) is list
+                walk(inner, None if in_list or field.is_required() else default, key + ("[]." if in_list else "."))
                 continue
-            default = "required" if field.is_required() else f"`{field.default!r}`"
-            rows.append(f"| `{key}` | {default} | {field.description or ''} |")
+            shown = "required" if field.is_required() else f"`{json.dumps(default)}`"
+            rows.append(f"| `{key}` | {shown} | {field.description or ''} |")
 
-    walk(CrocoConfig, "")
+    walk(CrocoConfig, None, "")
     return "\n".join(rows)

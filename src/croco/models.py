@@ -13,6 +13,7 @@ import torch
 
 from croco.config import ModelConfig
 from croco.embedded import resolve_model
+from croco.errors import CrocoError
 
 
 def pick_device(name: str) -> torch.device:
@@ -33,6 +34,8 @@ def load_tokenizer(model: ModelConfig, padding_side: str = "left"):
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model(model.path), revision=model.revision, trust_remote_code=model.trust_remote_code
     )
+    if not tokenizer.chat_template:
+        raise CrocoError(f"model {model.path} has no chat template; croco renders every prompt with the model's own template")
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -112,3 +112,10 @@ def test_embedded_demo_prompts_are_parallel(tmp_path):
         by_language.setdefault(r["language"], set()).add(r["prompt_id"])
     assert len(by_language) == 4 and len({frozenset(ids) for ids in by_language.values()}) == 1
     assert len(by_language["en"]) >= 8
+
+
+def test_a_selected_language_without_prompts_is_reported(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en")])
+    report, _, _ = load(tmp_path, [{"path": str(path)}])
+    assert report["languages_without_prompts"] == ["da"]
+    assert "no prompts for da" in caplog.text

@@ -22,6 +22,13 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def sampling_arguments(params: SamplingParams) -> dict:
+    """Plain sampling as vLLM does it by default: transformers would otherwise add top_k=50 on its own."""
+    if params.temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+
+
 class TransformersGenerator:
     def __init__(self, engine: EngineConfig, model: ModelConfig):
         self.device = pick_device(engine.device)
@@ -41,9 +48,8 @@ class TransformersGenerator:
         for batch in _length_sorted_batches([len(encoded[p]) for p, _ in rows], self.batch_size):
             batch_rows = [rows[i] for i in batch]
             inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(self.device)
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False}
             output = self.model.generate(
-                **inputs, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling
+                **inputs, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling_arguments(params)
             )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
             for (p, s), tokens in zip(batch_rows, new_tokens):

@@ -10,6 +10,7 @@ are counted, not kept.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,8 @@ from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.records import PROMPT, SKIPPED
 from croco.store import StageStore, file_sha256
+
+log = logging.getLogger("croco")
 
 NAME = "prompts"
 ROLES = {"system", "user", "assistant"}
@@ -66,6 +69,8 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
 
     records = _subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped)
     missing = [code for code in cfg.languages if not any(r["language"] == code for r in records)]
+    if missing and records:
+        log.warning("prompts: no prompts for %s in %s", ", ".join(missing), ", ".join(s.path for s in cfg.data.sources))
     if not records:
         raise CrocoError(f"no prompts left in {', '.join(s.path for s in cfg.data.sources)} for languages {', '.join(cfg.languages)}")
     order = {code: i for i, code in enumerate(cfg.languages)}
