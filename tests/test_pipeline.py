@@ -14,9 +14,9 @@ def ran(results):
 
 def test_rerun_of_a_finished_run_does_nothing(tmp_path, tiny_models, prompts_file, caplog):
     cfg = make_config(tmp_path / "run", tiny_models, [{"path": str(prompts_file)}])
-    assert ran(run_pipeline(cfg)) == {"prompts": True, "generate": True, "score": True}
+    assert ran(run_pipeline(cfg)) == {"prompts": True, "generate": True, "score": True, "pair": True}
     caplog.set_level("INFO", logger="croco")
-    assert ran(run_pipeline(cfg)) == {"prompts": False, "generate": False, "score": False}
+    assert ran(run_pipeline(cfg)) == {"prompts": False, "generate": False, "score": False, "pair": False}
     assert "generate: already complete" in caplog.text
 
 
@@ -24,17 +24,17 @@ def test_changing_a_setting_redoes_that_stage_and_the_ones_after(tmp_path, tiny_
     cfg = make_config(tmp_path / "run", tiny_models, [{"path": str(prompts_file)}])
     run_pipeline(cfg)
     changed = make_config(tmp_path / "run", tiny_models, [{"path": str(prompts_file)}], generate={"max_new_tokens": 3})
-    assert ran(run_pipeline(changed)) == {"prompts": False, "generate": True, "score": True}
+    assert ran(run_pipeline(changed)) == {"prompts": False, "generate": True, "score": True, "pair": True}
     assert max(StageStore(cfg.run_dir, "generate").read(SAMPLE)["completion_tokens"].to_pylist()) <= 3
     rescored = make_config(tmp_path / "run", tiny_models, [{"path": str(prompts_file)}], generate={"max_new_tokens": 3}, score={"max_len": 999})
-    assert ran(run_pipeline(rescored)) == {"prompts": False, "generate": False, "score": True}
+    assert ran(run_pipeline(rescored)) == {"prompts": False, "generate": False, "score": True, "pair": True}
 
 
 def test_editing_the_input_file_invalidates_everything(tmp_path, tiny_models, prompts_file):
     cfg = make_config(tmp_path / "run", tiny_models, [{"path": str(prompts_file)}])
     run_pipeline(cfg)
     prompts_file.write_text(prompts_file.read_text().replace("Question 0 in en", "Question zero in en"))
-    assert ran(run_pipeline(cfg)) == {"prompts": True, "generate": True, "score": True}
+    assert ran(run_pipeline(cfg)) == {"prompts": True, "generate": True, "score": True, "pair": True}
 
 
 def test_force_redoes_a_finished_stage(tmp_path, tiny_models, prompts_file):

@@ -84,6 +84,20 @@ class ScoreConfig(_Section):
     max_len: int = Field(32768, gt=0, description="Conversations longer than this many tokens are skipped and counted, never scored.")
 
 
+class PairConfig(_Section):
+    target: Literal["mean_minus_2sigma", "mean_plus_k_std", "q1", "min"] = Field(
+        "mean_minus_2sigma",
+        description="Reward the rejected sample should be nearest: mean - 2 std, mean + k std, the 25th percentile, or the minimum.",
+    )
+    k: float = Field(-2.0, description="The k of `mean_plus_k_std`.")
+    prompt_source: Literal["chosen", "rejected", "random"] = Field(
+        "chosen", description="All-language DPO: whose language the prompt is in (`random` is seeded)."
+    )
+    prompt_text: Literal["sent", "original"] = Field(
+        "sent", description="Train on the prompt as the policy saw it (`sent`, with any language instruction) or as loaded (`original`)."
+    )
+
+
 class CrocoConfig(_Section):
     run_dir: str = Field(description="Folder that holds every stage's output; relative paths are relative to the working directory.")
     seed: int = Field(42, description="Seed for subsampling, sampling and training.")
@@ -92,6 +106,7 @@ class CrocoConfig(_Section):
     data: DataConfig
     generate: GenerateConfig = GenerateConfig()
     score: ScoreConfig = ScoreConfig()
+    pair: PairConfig = PairConfig()
 
     @field_validator("languages")
     @classmethod

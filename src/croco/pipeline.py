@@ -17,12 +17,12 @@ from typing import Any
 
 from croco.config import CrocoConfig
 from croco.errors import CrocoError
-from croco.stages import generate, prompts, score
+from croco.stages import generate, pair, prompts, score
 from croco.store import StageStore, stable_hash
 
 log = logging.getLogger("croco")
 
-STAGES: list[ModuleType] = [prompts, generate, score]
+STAGES: list[ModuleType] = [prompts, generate, score, pair]
 STAGE_NAMES = [stage.NAME for stage in STAGES]
 
 

@@ -58,3 +58,33 @@ SKIPPED = pa.schema(
         ("detail", pa.string()),
     ]
 )
+
+# Training data, in TRL's conversational format plus the metadata that explains each choice.
+SFT = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("language", pa.string()),
+        ("messages", MESSAGES),  # [user, assistant]: the prompt and the chosen answer
+        ("reward", pa.float64()),
+        ("sample_index", pa.int32()),
+        ("pool_size", pa.int32()),
+    ]
+)
+
+DPO = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("language", pa.string()),  # the prompt's language
+        ("chosen_language", pa.string()),
+        ("rejected_language", pa.string()),
+        ("prompt", MESSAGES),  # [user]
+        ("chosen", MESSAGES),  # [assistant]
+        ("rejected", MESSAGES),  # [assistant]
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+        ("margin", pa.float64()),
+        ("chosen_sample_index", pa.int32()),
+        ("rejected_sample_index", pa.int32()),
+        ("pool_size", pa.int32()),
+    ]
+)

@@ -85,6 +85,12 @@ class StageStore:
         self._write_table(self.skipped_dir / self.shard_name(index), skipped, skipped_schema)
         self._write_table(self.data_dir / self.shard_name(index), records, schema)
 
+    def write_table(self, name: str, records: list[dict], schema: pa.Schema) -> Path:
+        """A whole-stage output file, `<stage>/<name>.parquet`, for stages that finish in one go."""
+        path = self.path / f"{name}.parquet"
+        self._write_table(path, records, schema)
+        return path
+
     def read(self, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
         return self._read_dir(self.data_dir, schema, columns)
 

@@ -11,7 +11,7 @@ def test_every_sample_is_scored_or_skipped_with_a_reason(tmp_path, tiny_models):
     rows = [prompt_record("short", "en", "Hi"), prompt_record("long", "en", "Tell me everything. " * 40)]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     cfg = make_config(tmp_path / "run", tiny_models, [{"path": str(path)}], languages=["en"], score={"max_len": 120})
-    results = run_pipeline(cfg)
+    results = run_pipeline(cfg, only=["prompts", "generate", "score"])
     scored = StageStore(cfg.run_dir, "score").read(SCORE).to_pylist()
     skipped = StageStore(cfg.run_dir, "score").read_skipped(SKIPPED).to_pylist()
     assert {s["prompt_id"] for s in scored} == {"short"} and len(scored) == 2
