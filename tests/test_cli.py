@@ -45,3 +45,9 @@ def test_readme_config_reference_is_current():
     readme = (REPO / "README.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     assert readme[readme.index(start) + len(start) : readme.index(end)] == config_reference(), "regenerate it with `croco config --reference`"
+
+
+def test_help_lists_every_stage_in_pipeline_order():
+    from croco.stages import STAGE_DOCS
+
+    assert list(STAGE_DOCS) == STAGE_NAMES

@@ -1,7 +1,8 @@
 import datasets
 
 from croco.records import SAMPLE, SKIPPED
-from croco.store import StageStore, stable_hash
+from croco.fileio import stable_hash
+from croco.store import StageStore
 
 
 def sample(i: int) -> dict:

@@ -8,6 +8,14 @@ Python API:
 
 from croco.config import CrocoConfig, load_config
 from croco.errors import CrocoError
-from croco.pipeline import STAGE_NAMES, run_pipeline
 
 __all__ = ["CrocoConfig", "CrocoError", "STAGE_NAMES", "load_config", "run_pipeline"]
+
+
+def __getattr__(name: str):
+    # The pipeline imports torch and transformers; load it only when asked for.
+    if name in ("run_pipeline", "STAGE_NAMES"):
+        from croco import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'croco' has no attribute {name!r}")

@@ -6,14 +6,14 @@ import argparse
 import logging
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import yaml
 
 from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
-from croco.pipeline import STAGES, run_pipeline
-from croco.report import write_report
+from croco.stages import STAGE_DOCS
 
 log = logging.getLogger("croco")
 
@@ -35,23 +35,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"croco {metadata.version('croco')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("config", help="YAML run config (see configs/ and the README's config reference)")
+    def with_config(sub: argparse.ArgumentParser, optional: bool = False) -> None:
+        sub.add_argument("config", nargs="?" if optional else None, help="YAML run config (see configs/ and the README's config reference)")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. generate.num_samples=8")
 
     run = commands.add_parser("run", help="run every stage in order, resuming finished work")
     with_config(run)
     run.add_argument("--force", action="store_true", help="redo every stage from scratch")
-    for stage in STAGES:
-        sub = commands.add_parser(stage.NAME, help=stage.__doc__.strip().splitlines()[0])
-        with_config(sub)
+    for name, summary in STAGE_DOCS.items():
+        sub = commands.add_parser(name, help=summary)
+        with_config(sub, optional=name == "pair")  # pair also has a form that takes files instead
         sub.add_argument("--force", action="store_true", help="redo this stage even if finished (later stages are invalidated)")
+        if name == "pair":
+            _add_migration_arguments(sub)
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print the reference of every config key (Markdown)")
     commands.add_parser("languages", help="list the language codes croco knows")
     return parser
+
+
+def _add_migration_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.usage = "%(prog)s CONFIG [KEY=VALUE ...] [--force]\n       %(prog)s --scored FILE... --originals FILE... --out DIR [--target ...] [--prompt-source ...]"
+    old = sub.add_argument_group("pairs from the original research code's files (one scored and one originals JSONL per language)")
+    old.add_argument("--scored", nargs="+", type=Path, metavar="FILE", help="scored JSONL files, one per language (language from the file name)")
+    old.add_argument("--originals", nargs="+", type=Path, metavar="FILE", help="original prompt JSONL files, one per language, in parallel line order")
+    old.add_argument("--out", type=Path, metavar="DIR", help="folder for sft_in_language.jsonl, dpo_in_language.jsonl, sft_all_languages.jsonl, dpo_all_languages.jsonl")
+    old.add_argument("--target", choices=["mean_minus_2sigma", "mean_plus_k_std", "q1", "min"], default="mean_minus_2sigma")
+    old.add_argument("--k", type=float, default=-2.0, help="k of mean_plus_k_std")
+    old.add_argument("--prompt-source", choices=["chosen", "rejected", "random"], default="chosen")
+    old.add_argument("--seed", type=int, default=42, help="seed of --prompt-source random")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +92,35 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False, allow_unicode=True), end="")
         return 0
+    if args.command == "pair" and args.scored:
+        return _migrate(args)
+    if args.config is None:
+        raise CrocoError(f"croco {args.command} needs a CONFIG file")
+    # Imported here: they load torch and transformers, which `croco pair --scored` and `croco config` never need.
+    from croco.pipeline import run_pipeline
+    from croco.report import write_report
+
     cfg = load_config(args.config, args.overrides)
     only = None if args.command == "run" else [args.command]
     results = run_pipeline(cfg, only=only, force=args.force)
     report = write_report(cfg, results)
     log.info("outputs: %s (one folder per stage: %s)", cfg.run_dir, ", ".join(r.name for r in results))
     log.info("report:  %s", report)
+    return 0
+
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from croco.migrate import migrate
+
+    if not args.originals or not args.out:
+        raise CrocoError("croco pair --scored also needs --originals and --out")
+    report = migrate(args.scored, args.originals, args.out, args.target, args.k, args.prompt_source, args.seed)
+    counts = ", ".join(f"{name}: {n}" for name, n in report["products"].items())
+    log.info("pair: %s from %s scored samples in %.1f s", counts, report["records_in"], report["wall_s"])
+    for reason, n in {**report["rejected_samples"], **report["skipped"]}.items():
+        log.info("  not used: %s: %s", reason, n)
+    log.info("outputs: %s", args.out)
     return 0
 
 

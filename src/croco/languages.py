@@ -45,6 +45,10 @@ LANGUAGES: dict[str, Language] = {
 }
 
 
+# What `generate.respond_in_language` appends to each prompt (after a blank line).
+LANGUAGE_INSTRUCTION = "Please respond in {language} and nothing else."
+
+
 def get_language(code: str) -> Language:
     """Look a language up by croco code, with an error that lists the known codes."""
     try:

@@ -50,40 +50,54 @@ class Selection:
 
 
 def select(group: np.ndarray, order: np.ndarray, reward: np.ndarray, target: str = "mean_minus_2sigma", k: float = -2.0) -> Selection:
-    """Chosen and rejected rows for every pool; `group`, `order` and `reward` are per-sample arrays."""
+    """Chosen and rejected rows for every pool; `group`, `order` and `reward` are per-sample arrays.
+
+    One stable sort by (group, order) puts each pool's samples together, earliest first; every
+    rule after that is a per-pool reduction, so "the first row that reaches the pool's best"
+    is the earliest sample on ties.
+    """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
     if not np.isfinite(reward).all():
         raise ValueError("rewards must be finite; reject NaN and infinite rewards before pairing")
-    rows = len(reward)
-    best_first = np.lexsort((order, -reward, group))
-    starts = np.flatnonzero(np.r_[True, group[best_first][1:] != group[best_first][:-1]]) if rows else np.array([], dtype=np.int64)
-    sizes = np.diff(np.r_[starts, rows])
-    chosen = best_first[starts]
-    pool_of_row = np.empty(rows, dtype=np.int64)
-    pool_of_row[best_first] = np.repeat(np.arange(len(starts)), sizes)
+    if not len(reward):
+        empty = np.array([], dtype=np.int64)
+        return Selection(empty, empty, empty, empty, np.array([], dtype=np.float64))
+    rows = np.lexsort((order, group))
+    pool_group, pool_reward = group[rows], reward[rows]
+    starts = np.flatnonzero(np.r_[True, pool_group[1:] != pool_group[:-1]])
+    sizes = np.diff(np.r_[starts, len(rows)])
+    pool_of = np.repeat(np.arange(len(starts)), sizes)
 
-    goal = _target(reward, group, pool_of_row, sizes, starts, target, -2.0 if target == "mean_minus_2sigma" else k)
-    distance = np.abs(reward - goal[pool_of_row])
-    distance[reward >= reward[chosen][pool_of_row]] = np.inf  # strictly below chosen, and never chosen itself
-    nearest_first = np.lexsort((order, distance, group))
-    nearest = nearest_first[starts]
-    valid = np.isfinite(distance[nearest]) & (sizes >= 2)
-    return Selection(group=group[chosen], pool_size=sizes, chosen=chosen, rejected=np.where(valid, nearest, -1), target=goal)
+    best = np.maximum.reduceat(pool_reward, starts)
+    chosen = rows[_first_where(pool_reward == best[pool_of], starts)]
+    goal = _target(pool_reward, pool_of, sizes, starts, target, -2.0 if target == "mean_minus_2sigma" else k)
+    distance = np.abs(pool_reward - goal[pool_of])
+    distance[pool_reward >= best[pool_of]] = np.inf  # strictly below chosen, and never chosen itself
+    nearest = np.minimum.reduceat(distance, starts)
+    valid = np.isfinite(nearest) & (sizes >= 2)
+    candidate = _first_where(distance == nearest[pool_of], starts)
+    rejected = np.where(valid, rows[candidate], -1)
+    return Selection(group=pool_group[starts], pool_size=sizes, chosen=chosen, rejected=rejected, target=goal)
 
 
-def _target(reward, group, pool_of_row, sizes, starts, target: str, k: float) -> np.ndarray:
-    pools = len(sizes)
+def _first_where(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per pool, the first position where `mask` holds; pools are contiguous and each has a hit."""
+    hits = np.flatnonzero(mask)
+    return hits[np.searchsorted(hits, starts)]
+
+
+def _target(pool_reward, pool_of, sizes, starts, target: str, k: float) -> np.ndarray:
     if target == "min":
-        return np.minimum.reduceat(reward[np.argsort(pool_of_row, kind="stable")], starts) if pools else np.array([])
+        return np.minimum.reduceat(pool_reward, starts)
     if target == "q1":
-        ascending = reward[np.lexsort((reward, group))]
+        ascending = pool_reward[np.lexsort((pool_reward, pool_of))]
         position = 0.25 * (sizes - 1)
         low = np.floor(position).astype(np.int64)
         high = np.ceil(position).astype(np.int64)
         return ascending[starts + low] + (ascending[starts + high] - ascending[starts + low]) * (position - low)
-    mean = np.bincount(pool_of_row, weights=reward, minlength=pools) / sizes
-    std = np.sqrt(np.bincount(pool_of_row, weights=(reward - mean[pool_of_row]) ** 2, minlength=pools) / sizes)
+    mean = np.bincount(pool_of, weights=pool_reward, minlength=len(sizes)) / sizes
+    std = np.sqrt(np.bincount(pool_of, weights=(pool_reward - mean[pool_of]) ** 2, minlength=len(sizes)) / sizes)
     return mean + k * std
 
 

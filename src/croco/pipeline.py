@@ -18,7 +18,8 @@ from typing import Any
 from croco.config import CrocoConfig
 from croco.errors import CrocoError
 from croco.stages import generate, pair, prompts, score
-from croco.store import StageStore, stable_hash
+from croco.fileio import stable_hash
+from croco.store import StageStore
 
 log = logging.getLogger("croco")
 

@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 from croco.config import CrocoConfig
 from croco.pipeline import StageResult, summary_line
 from croco.records import SAMPLE, SAMPLE_KEY, SCORE
-from croco.store import StageStore, write_atomic
+from croco.fileio import write_atomic
+from croco.store import StageStore
 
 REPORT_FILE = "report.md"
 REWARD_PLOT = "rewards.png"

@@ -1,5 +1,13 @@
 """The pipeline's stages, one module each, in the order they run (see croco.pipeline)."""
 
+# One line per stage for `croco --help`, without importing the stages (and torch with them).
+STAGE_DOCS = {
+    "prompts": "load and validate the prompts (JSON/JSONL or a datasets dataset)",
+    "generate": "sample answers to every prompt from the policy",
+    "score": "score every answer with the reward model",
+    "pair": "build SFT and DPO training sets from the scored answers (or from the original code's files)",
+}
+
 
 def throughput(samples: int, tokens: int, seconds: float) -> dict[str, float]:
     """Rates over the work this invocation did (shards resumed from disk are not counted)."""

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 
 from croco.config import CrocoConfig
 from croco.engines import SamplingParams, load_generator
-from croco.languages import LANGUAGES
+from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.models import model_identity
 from croco.records import PROMPT, SAMPLE, SKIPPED
 from croco.stages import throughput
-from croco.store import StageStore, stable_hash
+from croco.fileio import stable_hash
+from croco.store import StageStore
 
 NAME = "generate"
-LANGUAGE_INSTRUCTION = "Please respond in {language} and nothing else."
 
 
 def settings(cfg: CrocoConfig) -> dict[str, Any]:

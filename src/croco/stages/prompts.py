@@ -21,7 +21,8 @@ from croco.embedded import resolve_data
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.records import PROMPT, SKIPPED
-from croco.store import StageStore, file_sha256
+from croco.fileio import file_sha256
+from croco.store import StageStore
 
 log = logging.getLogger("croco")
 

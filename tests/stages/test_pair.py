@@ -1,0 +1,98 @@
+import datasets
+import pytest
+
+from croco.records import SAMPLE, SCORE, SKIPPED
+from croco.stages import pair
+from croco.store import StageStore
+
+from conftest import make_config
+
+# (prompt_id, language) -> rewards of samples 0, 1, 2, ...
+REWARDS = {
+    ("p1", "en"): [1.0, 5.0, 0.0, 3.0],  # mean 2.25, std 1.92: target -1.59 -> rejected = sample 2 (0.0)
+    ("p1", "da"): [6.0, 2.0],  # global best of p1 is da/0
+    ("p2", "en"): [2.0, 2.0, 2.0],  # all equal: SFT yes, DPO no
+    ("p2", "da"): [4.0],  # pool of one: skipped everywhere in-language
+}
+
+
+def write_run(run_dir):
+    samples, scores = [], []
+    for (prompt_id, language), rewards in REWARDS.items():
+        for index, reward in enumerate(rewards):
+            key = {"prompt_id": prompt_id, "language": language, "sample_index": index}
+            samples.append({**key, "prompt": f"{prompt_id} in {language}?", "prompt_sent": f"{prompt_id} in {language}? (sent)",
+                            "response": f"answer {prompt_id}/{language}/{index}", "finish_reason": "stop", "prompt_tokens": 3,
+                            "completion_tokens": 3, "policy": "m"})
+            scores.append({**key, "reward": reward, "scored_tokens": 9, "reward_model": "r"})
+    generate, score = StageStore(run_dir, "generate"), StageStore(run_dir, "score")
+    for store, records, schema in ((generate, samples, SAMPLE), (score, scores, SCORE)):
+        store.open("k", {})
+        store.write_shard(0, records[:5], schema, [], SKIPPED)
+        store.write_shard(1, records[5:], schema, [], SKIPPED)
+    return score
+
+
+def run_pair(tmp_path, **pair_settings):
+    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}], pair=pair_settings)
+    score = write_run(cfg.run_dir)
+    out = StageStore(cfg.run_dir, "pair")
+    out.open("k", {})
+    report = pair.run(cfg, out, score)
+    load = lambda name: datasets.load_dataset("parquet", data_files=str(out.path / f"{name}.parquet"), split="train").to_list()
+    return report, load
+
+
+def test_in_language_products(tmp_path):
+    report, load = run_pair(tmp_path)
+    dpo = {(r["prompt_id"], r["language"]): r for r in load("dpo_in_language")}
+    assert set(dpo) == {("p1", "en"), ("p1", "da")}
+    en = dpo["p1", "en"]
+    assert (en["chosen_sample_index"], en["rejected_sample_index"]) == (1, 2)
+    assert en["prompt"] == [{"role": "user", "content": "p1 in en? (sent)"}]
+    assert en["chosen"] == [{"role": "assistant", "content": "answer p1/en/1"}]
+    assert en["rejected"] == [{"role": "assistant", "content": "answer p1/en/2"}]
+    assert (en["chosen_reward"], en["rejected_reward"], en["margin"], en["pool_size"]) == (5.0, 0.0, 5.0, 4)
+    sft = {(r["prompt_id"], r["language"]): r for r in load("sft_in_language")}
+    assert set(sft) == {("p1", "en"), ("p1", "da"), ("p2", "en")}
+    assert sft["p2", "en"]["sample_index"] == 0  # equal rewards: the earliest sample
+    assert sft["p1", "en"]["messages"][1] == {"role": "assistant", "content": "answer p1/en/1"}
+    assert report["skipped"] == {
+        "sft_in_language/pool_too_small": 1,
+        "dpo_in_language/pool_too_small": 1,
+        "dpo_in_language/no_sample_below_chosen": 1,
+    }
+
+
+def test_all_language_products(tmp_path):
+    _, load = run_pair(tmp_path)
+    sft = {r["prompt_id"]: r for r in load("sft_all_languages")}
+    assert (sft["p1"]["language"], sft["p1"]["sample_index"]) == ("da", 0)
+    assert sft["p1"]["messages"][0]["content"] == "p1 in da? (sent)"
+    assert (sft["p2"]["language"], sft["p2"]["sample_index"]) == ("da", 0)
+    dpo = {r["prompt_id"]: r for r in load("dpo_all_languages")}
+    # p1 pool: [1, 5, 0, 3, 6, 2]: mean 2.83, std 2.19, target -1.55 -> en/2 (0.0)
+    p1 = dpo["p1"]
+    assert (p1["chosen_language"], p1["chosen_sample_index"], p1["rejected_language"], p1["rejected_sample_index"]) == ("da", 0, "en", 2)
+    assert p1["language"] == "da" and p1["prompt"][0]["content"] == "p1 in da? (sent)"
+    # p2 pool: [2, 2, 2, 4]: chosen da/0; target 2.5 - 2 * 0.87 = 0.77 -> en/0 (earliest of the tied 2.0s)
+    assert (dpo["p2"]["rejected_language"], dpo["p2"]["rejected_sample_index"]) == ("en", 0)
+
+
+def test_prompt_source_rejected_and_original_text(tmp_path):
+    _, load = run_pair(tmp_path, prompt_source="rejected", prompt_text="original")
+    p1 = {r["prompt_id"]: r for r in load("dpo_all_languages")}["p1"]
+    assert p1["language"] == "en" and p1["prompt"][0]["content"] == "p1 in en?"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_prompt_source_is_seeded(tmp_path, seed):
+    first = run_pair(tmp_path / "a", prompt_source="random")[1]("dpo_all_languages")
+    again = run_pair(tmp_path / "b", prompt_source="random")[1]("dpo_all_languages")
+    assert [r["language"] for r in first] == [r["language"] for r in again]
+    assert all(r["language"] in (r["chosen_language"], r["rejected_language"]) for r in first)
+
+
+def test_target_min(tmp_path):
+    _, load = run_pair(tmp_path, target="min")
+    assert {r["prompt_id"]: r["rejected_reward"] for r in load("dpo_all_languages")} == {"p1": 0.0, "p2": 2.0}
