@@ -66,6 +66,9 @@ def prompt_record(prompt_id: str, language: str, text: str = "Say something kind
     return {"prompt_id": prompt_id, "language": language, "messages": [{"role": "user", "content": text}]}
 
 
+TINY_TRAINING = {"max_length": 128, "max_prompt_length": 96, "gradient_accumulation": 1, "save_steps": 2, "eval_fraction": 0.2}
+
+
 def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **sections) -> CrocoConfig:
     raw = {
         "run_dir": str(run_dir),
@@ -74,6 +77,8 @@ def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **se
         "data": {"sources": sources},
         "generate": {"num_samples": 2, "max_new_tokens": 6, "prompts_per_shard": 2, "engine": {"batch_size": 4}},
         "score": {"engine": {"batch_size": 4}},
+        "sft": TINY_TRAINING,
+        "dpo": TINY_TRAINING,
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

@@ -103,3 +103,18 @@ def test_reference_documents_every_leaf_key():
     reference = config_reference()
     for key in ("generate.num_samples", "score.max_len", "models.policy.trust_remote_code", "data.sources[].path", "generate.engine.batch_size"):
         assert f"`{key}`" in reference
+
+
+def test_training_prompt_limit_must_leave_room_for_an_answer():
+    with pytest.raises(CrocoError, match=r"key dpo: max_prompt_length \(2048\) must be below max_length \(1000\)"):
+        parse_config(minimal(dpo={"max_length": 1000}))
+
+
+def test_training_defaults_are_the_papers():
+    cfg = parse_config(minimal())
+    assert (cfg.sft.learning_rate, cfg.dpo.learning_rate, cfg.dpo.beta) == (2e-4, 5e-6, 0.1)
+    for train in (cfg.sft, cfg.dpo):
+        assert (train.lr_scheduler, train.max_length, train.batch_size, train.gradient_accumulation) == ("cosine", 4096, 1, 8)
+        assert (train.warmup_ratio, train.weight_decay, train.epochs, train.eval_fraction) == (0.05, 0.01, 1.0, 0.01)
+        assert (train.lora.r, train.lora.alpha, train.lora.dropout) == (16, 32, 0.05)
+        assert train.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

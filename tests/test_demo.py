@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from croco.cli import main
 from croco.records import SAMPLE, SCORE
@@ -12,16 +13,25 @@ from conftest import REPO
 
 
 @pytest.mark.slow
-def test_demo_config_runs_generate_and_score_on_embedded_models(tmp_path, demo_reward, capsys):
+def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, capsys):
     reward_dir, _ = demo_reward
     run_dir = tmp_path / "demo"
     overrides = [f"run_dir={run_dir}", f"models.reward.path={reward_dir}", "data.subsample=2", "languages=[en,ga]",
-                 "generate.num_samples=2", "generate.max_new_tokens=24"]
+                 "generate.num_samples=3", "generate.max_new_tokens=24"]
     assert main(["run", str(REPO / "configs" / "demo.yaml"), *overrides]) == 0
     samples = StageStore(run_dir, "generate").read(SAMPLE).to_pylist()
     scores = StageStore(run_dir, "score").read(SCORE).to_pylist()
-    assert len(samples) == len(scores) == 2 * 2 * 2
+    assert len(samples) == len(scores) == 2 * 2 * 3
     assert all(s["response"].strip() for s in samples)
     assert all(math.isfinite(s["reward"]) for s in scores)
     report = (run_dir / "report.md").read_text()
     assert "## Rewards" in report and "| ga |" in report and (run_dir / "rewards.png").stat().st_size > 1000
+    for stage in ("sft", "dpo"):
+        manifest = StageStore(run_dir, stage).manifest()
+        assert manifest["status"] == "complete" and math.isfinite(manifest["final_loss"]) and manifest["steps"] >= 1
+        assert f"## {stage.upper()}" in report
+    assert main(["merge", str(run_dir / "dpo" / "adapter")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "dpo" / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "dpo" / "merged")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert merged.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]

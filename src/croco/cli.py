@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print the reference of every config key (Markdown)")
+    merge = commands.add_parser("merge", help="fold a LoRA adapter into its base model and save a full model folder")
+    merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/adapter")
+    merge.add_argument("--out", type=Path, help="output folder (default: merged/ beside the adapter)")
+    merge.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weight dtype of the merged model")
     commands.add_parser("languages", help="list the language codes croco knows")
     return parser
 
@@ -91,6 +95,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(config_reference())
             return 0
         print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    if args.command == "merge":
+        from croco.merge import merge_adapter
+
+        log.info("merged model: %s", merge_adapter(args.adapter, args.out, args.dtype))
         return 0
     if args.command == "pair" and args.scored:
         return _migrate(args)

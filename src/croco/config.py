@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
@@ -39,6 +39,9 @@ class ModelConfig(_Section):
 class ModelsConfig(_Section):
     policy: ModelConfig = Field(description="The model that answers the prompts and is later tuned.")
     reward: ModelConfig = Field(description="Sequence-classification reward model with one logit.")
+    base: ModelConfig | None = Field(
+        None, description="Model that SFT and DPO tune; defaults to the policy. Another model makes the pairs off-policy (flagged in the manifest)."
+    )
 
 
 class DataSource(_Section):
@@ -98,6 +101,52 @@ class PairConfig(_Section):
     )
 
 
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], description="Modules that get adapters."
+    )
+
+
+class _Training(_Section):
+    enabled: bool = Field(True, description="Run this training stage.")
+    pairs: Literal["in_language", "all_languages"] = Field("in_language", description="Which pair product to train on.")
+    learning_rate: float = Field(gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    max_length: int = Field(4096, gt=0, description="Longest training sequence in tokens (prompt + answer); longer ones are truncated by TRL.")
+    max_prompt_length: int = Field(2048, gt=0, description="Examples whose prompt is longer are dropped before training, counted and reported.")
+    batch_size: int = Field(1, gt=0, description="Micro batch per device.")
+    gradient_accumulation: int = Field(8, gt=0, description="Micro batches per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    eval_fraction: float = Field(0.01, ge=0, lt=1, description="Share of examples held out for evaluation (at least one when there are two or more).")
+    save_steps: int = Field(50, gt=0, description="Optimizer steps between checkpoints; a killed run resumes from the last one.")
+    lora: LoraConfig = Field(LoraConfig(), description="Adapter settings.")
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) to leave room for the answer")
+        return self
+
+
+class SFTConfig(_Training):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+
+
+class DPOConfig(_Training):
+    learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
+    beta: float = Field(0.1, gt=0, description="DPO beta (TRL's default).")
+    online: bool = Field(
+        False,
+        description="Online DPO (TRL's experimental OnlineDPOTrainer): the adapter samples two answers per pair prompt while "
+        "training, with `generate`'s max_new_tokens and temperature, and the run's reward model judges them.",
+    )
+
+
 class CrocoConfig(_Section):
     run_dir: str = Field(description="Folder that holds every stage's output; relative paths are relative to the working directory.")
     seed: int = Field(42, description="Seed for subsampling, sampling and training.")
@@ -107,6 +156,8 @@ class CrocoConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     score: ScoreConfig = ScoreConfig()
     pair: PairConfig = PairConfig()
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
 
     @field_validator("languages")
     @classmethod

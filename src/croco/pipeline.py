@@ -1,7 +1,8 @@
 """Runs stages in order over the run store, skipping what is finished and redoing what changed.
 
-A stage's key hashes its settings (see each stage's `settings`) with the key of the stage
-before it, so changing a setting invalidates that stage and every stage after it.
+A stage's key hashes its settings (see each stage's `settings`) with the key of the stage it
+reads from (its INPUT), so changing a setting invalidates that stage and every stage that
+reads from it, directly or not.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Any
 
 from croco.config import CrocoConfig
 from croco.errors import CrocoError
-from croco.stages import generate, pair, prompts, score
 from croco.fileio import stable_hash
+from croco.stages import dpo, generate, pair, prompts, score, sft
 from croco.store import StageStore
 
 log = logging.getLogger("croco")
 
-STAGES: list[ModuleType] = [prompts, generate, score, pair]
+STAGES: list[ModuleType] = [prompts, generate, score, pair, sft, dpo]
 STAGE_NAMES = [stage.NAME for stage in STAGES]
+_BY_NAME = {stage.NAME: stage for stage in STAGES}
 
 
 @dataclass
@@ -34,33 +36,52 @@ class StageResult:
     ran: bool
 
 
+def _inputs(name: str) -> list[str]:
+    """The stage and every stage it reads from, directly or not."""
+    chain = []
+    while name:
+        chain.append(name)
+        name = _BY_NAME[name].INPUT
+    return chain
+
+
+def _enabled(stage: ModuleType, cfg: CrocoConfig) -> bool:
+    return getattr(stage, "enabled", lambda _: True)(cfg)
+
+
 def run_pipeline(cfg: CrocoConfig, only: list[str] | None = None, force: bool = False) -> list[StageResult]:
-    """Run the named stages (all by default); stages before them must already be complete."""
-    wanted = set(only or STAGE_NAMES)
-    last = max(STAGE_NAMES.index(name) for name in wanted)
+    """Run the named stages (all enabled ones by default); the stages they read from must already be complete."""
+    wanted = set(only or [s.NAME for s in STAGES if _enabled(s, cfg)])
+    needed = {name for w in wanted for name in _inputs(w)}
     run_dir = Path(cfg.run_dir)
     results: list[StageResult] = []
-    upstream_key, upstream_store = "", None
-    for stage in STAGES[: last + 1]:
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        if stage.NAME not in needed:
+            continue
+        if not _enabled(stage, cfg):
+            raise CrocoError(f"stage {stage.NAME} is disabled in the config ({stage.NAME}.enabled: false); enable it to run it")
         store = StageStore(run_dir, stage.NAME)
         stage_settings = stage.settings(cfg)
-        key = stable_hash({"settings": stage_settings, "upstream": upstream_key})
+        upstream_key = keys[stage.INPUT] if stage.INPUT else ""
+        key = keys[stage.NAME] = stable_hash({"settings": stage_settings, "upstream": upstream_key})
         if stage.NAME not in wanted:
             if not store.is_complete(key):
                 raise CrocoError(
                     f"stage {stage.NAME} has not finished in {run_dir} for this config; run `croco {stage.NAME}` or `croco run` first"
                 )
         elif force:
-            for later in STAGE_NAMES[STAGE_NAMES.index(stage.NAME) :]:
-                StageStore(run_dir, later).wipe()
+            for later in STAGE_NAMES:
+                if stage.NAME in _inputs(later):
+                    StageStore(run_dir, later).wipe()
         if store.is_complete(key):
             manifest = store.manifest()
             if stage.NAME in wanted:
                 log.info("%s: already complete in %s (%s records); nothing to do", stage.NAME, store.path, manifest["records_out"])
             results.append(StageResult(stage.NAME, manifest, ran=False))
         else:
-            results.append(StageResult(stage.NAME, _run_stage(stage, cfg, store, upstream_store, key, stage_settings, upstream_key), ran=True))
-        upstream_key, upstream_store = key, store
+            upstream = StageStore(run_dir, stage.INPUT) if stage.INPUT else None
+            results.append(StageResult(stage.NAME, _run_stage(stage, cfg, store, upstream, key, stage_settings, upstream_key), ran=True))
     return results
 
 

@@ -30,9 +30,32 @@ def write_report(cfg: CrocoConfig, results: list[StageResult]) -> Path:
         _plot_rewards(scores, run_dir / REWARD_PLOT)
         lines += ["", "## Best and worst answer of the first prompt, per language", ""]
         lines += _extremes(StageStore(run_dir, "generate").read(SAMPLE), scores)
+    manifests = {r.name: r.manifest for r in results}
+    if "pair" in manifests:
+        lines += ["", "## Pairs", "", "| product | records |", "|---|---:|"]
+        lines += [f"| {name} | {count} |" for name, count in manifests["pair"]["products"].items()]
+    for stage in ("sft", "dpo"):
+        if stage in manifests:
+            lines += ["", *_training_section(stage, manifests[stage])]
     path = run_dir / REPORT_FILE
     write_atomic(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def _training_section(stage: str, manifest: dict) -> list[str]:
+    provenance = "off-policy pairs (another model's samples)" if manifest["settings"]["off_policy"] else "on-policy pairs"
+    evaluated = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in manifest["eval"].items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k)
+    lines = [
+        f"## {stage.upper()}",
+        "",
+        f"{manifest['records_out']} training examples ({manifest['held_out']} held out), {manifest['steps']} optimizer steps, "
+        f"{provenance}; final training loss {manifest['final_loss']:.4f}.",
+    ]
+    if evaluated:
+        lines += ["", f"Held out: {evaluated}."]
+    lines += ["", f"Adapter: `{manifest['adapter']}`", ""]
+    lines += [f"![{plot}]({stage}/{plot})" for plot in manifest["plots"]]
+    return lines
 
 
 def _sample_table(samples: pa.Table) -> list[str]:

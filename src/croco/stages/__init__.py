@@ -6,6 +6,8 @@ STAGE_DOCS = {
     "generate": "sample answers to every prompt from the policy",
     "score": "score every answer with the reward model",
     "pair": "build SFT and DPO training sets from the scored answers (or from the original code's files)",
+    "sft": "train a LoRA adapter on the chosen answers (TRL SFTTrainer)",
+    "dpo": "train a LoRA adapter on the chosen/rejected pairs (TRL DPOTrainer)",
 }
 
 

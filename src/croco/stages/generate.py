@@ -25,6 +25,7 @@ from croco.fileio import stable_hash
 from croco.store import StageStore
 
 NAME = "generate"
+INPUT = "prompts"
 
 
 def settings(cfg: CrocoConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from croco.records import DPO, SAMPLE, SCORE, SFT
 from croco.store import StageStore
 
 NAME = "pair"
+INPUT = "score"
 
 
 def settings(cfg: CrocoConfig) -> dict[str, Any]:

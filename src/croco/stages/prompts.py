@@ -27,6 +27,7 @@ from croco.store import StageStore
 log = logging.getLogger("croco")
 
 NAME = "prompts"
+INPUT = None
 ROLES = {"system", "user", "assistant"}
 REJECTS_FILE = "rejects.jsonl"
 

@@ -22,6 +22,7 @@ from croco.stages import throughput
 from croco.store import StageStore
 
 NAME = "score"
+INPUT = "generate"
 
 
 def settings(cfg: CrocoConfig) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+"""What the SFT and DPO stages share: data, LoRA, trainer arguments, resume, and the run's record.
+
+TRL does the training; this module only wires the paper's settings into it:
+- examples come from a pair product; those whose prompt is longer than `max_prompt_length`
+  are dropped and counted (TRL 1.x no longer filters them);
+- a seeded share is held out for evaluation;
+- LoRA on the configured modules; on a GPU bf16, FlashAttention 2 where installed and
+  gradient checkpointing; on a CPU full precision, the same code path;
+- checkpoints every `save_steps`: a killed run resumes from the last one;
+- the output folder holds the adapter, the tokenizer, the metrics history and PNG plots.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import torch
+
+from croco.config import CrocoConfig, ModelConfig, _Training
+from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
+from croco.store import StageStore
+
+log = logging.getLogger("croco")
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+
+
+def base_model(cfg: CrocoConfig) -> ModelConfig:
+    """The model to tune: `models.base` if set, else the policy that generated the samples."""
+    return cfg.models.base or cfg.models.policy
+
+
+def provenance(cfg: CrocoConfig) -> dict[str, Any]:
+    """Recorded in the manifest, so a report can tell the paper's variants apart."""
+    base = base_model(cfg)
+    return {"base": model_identity(base), "off_policy": base.path != cfg.models.policy.path or base.adapter != cfg.models.policy.adapter}
+
+
+def examples(pair_store: StageStore, product: str) -> datasets.Dataset:
+    return datasets.Dataset.from_parquet(str(pair_store.path / f"{product}.parquet"))
+
+
+def drop_long_prompts(dataset: datasets.Dataset, tokenizer, limit: int, prompt_of: Callable[[dict], list]) -> tuple[datasets.Dataset, int]:
+    keep = [len(encode_chat(tokenizer, prompt_of(row), generation_prompt=True)) <= limit for row in dataset]
+    kept = dataset.select([i for i, ok in enumerate(keep) if ok])
+    return kept, len(dataset) - len(kept)
+
+
+def hold_out(dataset: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    if fraction == 0 or len(dataset) < 2:
+        return dataset, None
+    size = max(1, round(len(dataset) * fraction))
+    split = dataset.train_test_split(test_size=size, seed=seed)
+    return split["train"], split["test"]
+
+
+def load_base(cfg: CrocoConfig, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    extra = {"attn_implementation": "flash_attention_2"} if device.type == "cuda" and importlib.util.find_spec("flash_attn") else {}
+    return load_model(base_model(cfg), AutoModelForCausalLM, device, **extra).train()
+
+
+def lora(settings: _Training):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora.r,
+        lora_alpha=settings.lora.alpha,
+        lora_dropout=settings.lora.dropout,
+        target_modules=list(settings.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def arguments(settings: _Training, out: StageStore, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by SFTConfig and DPOConfig."""
+    gpu = device.type == "cuda"
+    return {
+        "output_dir": str(out.path / CHECKPOINT_DIR),
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        "max_length": settings.max_length,
+        "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation,
+        "warmup_steps": settings.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
+        "weight_decay": settings.weight_decay,
+        "num_train_epochs": settings.epochs,
+        "seed": seed,
+        "bf16": gpu,
+        "use_cpu": not gpu,
+        "activation_checkpointing": gpu,  # transformers 5's name for gradient checkpointing
+        "eval_strategy": "epoch" if has_eval else "no",
+        "save_strategy": "steps",
+        "save_steps": settings.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": False,
+    }
+
+
+def fit(
+    cfg: CrocoConfig,
+    settings: _Training,
+    out: StageStore,
+    pairs: StageStore,
+    product: str,
+    prompt_of: Callable[[dict], list],
+    columns: list[str],
+    make_trainer: Callable[..., Any],
+    plots: dict[str, str],
+) -> dict[str, Any]:
+    """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
+    tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
+    dataset = examples(pairs, product)
+    dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)
+    train, held_out = hold_out(dataset.select_columns(columns), settings.eval_fraction, cfg.seed)
+    device = pick_device("auto")
+    trainer = make_trainer(
+        model=load_base(cfg, device),
+        arguments=arguments(settings, out, cfg.seed, device, held_out is not None),
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        peft_config=lora(settings),
+    )
+    return {
+        "records_in": len(dataset) + dropped,
+        "records_out": len(train),
+        "held_out": len(held_out) if held_out is not None else 0,
+        "skipped": {"prompt_too_long": dropped} if dropped else {},
+        **train_and_save(trainer, tokenizer, out, plots),
+    }
+
+
+def train_and_save(trainer, tokenizer, out: StageStore, plots: dict[str, str]) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint if a run was killed), then save adapter, metrics and plots."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = out.path / CHECKPOINT_DIR
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        log.info("%s: resuming from %s", out.name, last)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.model.save_pretrained(out.path / ADAPTER_DIR)
+    tokenizer.save_pretrained(out.path / ADAPTER_DIR)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only needed to resume; the adapter above is the result
+    history = trainer.state.log_history
+    (out.path / METRICS_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
+    drawn = plot_metrics(history, plots, out.path)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from": last,
+        "final_loss": losses[-1] if losses else None,
+        "eval": next(({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}),
+        "plots": drawn,
+        "adapter": str(out.path / ADAPTER_DIR),
+    }
+
+
+def plot_metrics(history: list[dict], plots: dict[str, str], folder: Path) -> list[str]:
+    """One PNG per metric: the training curve by step, with evaluation points where there are any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    for key, title in plots.items():
+        train = [(e["step"], e[key]) for e in history if key in e]
+        evaluated = [(e["step"], e[f"eval_{key}"]) for e in history if f"eval_{key}" in e]
+        if not train and not evaluated:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        if train:
+            ax.plot(*zip(*train), marker=".", label="train")
+        if evaluated:
+            ax.plot(*zip(*evaluated), marker="o", linestyle="--", label="held out")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        name = key.replace("/", "_") + ".png"
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        drawn.append(name)
+    return drawn
