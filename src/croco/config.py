@@ -110,7 +110,7 @@ class LoraConfig(_Section):
     )
 
 
-class _Training(_Section):
+class TrainingConfig(_Section):
     enabled: bool = Field(True, description="Run this training stage.")
     pairs: Literal["in_language", "all_languages"] = Field("in_language", description="Which pair product to train on.")
     learning_rate: float = Field(gt=0, description="Peak learning rate.")
@@ -133,11 +133,11 @@ class _Training(_Section):
         return self
 
 
-class SFTConfig(_Training):
+class SFTConfig(TrainingConfig):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
 
 
-class DPOConfig(_Training):
+class DPOConfig(TrainingConfig):
     learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
     beta: float = Field(0.1, gt=0, description="DPO beta (TRL's default).")
     online: bool = Field(

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import datasets
 import torch
 
-from croco.config import CrocoConfig, ModelConfig, _Training
+from croco.config import CrocoConfig, ModelConfig, TrainingConfig
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
 from croco.store import StageStore
 
@@ -69,7 +69,7 @@ def load_base(cfg: CrocoConfig, device: torch.device) -> torch.nn.Module:
     return load_model(base_model(cfg), AutoModelForCausalLM, device, **extra).train()
 
 
-def lora(settings: _Training):
+def lora(settings: TrainingConfig):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -82,7 +82,7 @@ def lora(settings: _Training):
     )
 
 
-def arguments(settings: _Training, out: StageStore, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
+def arguments(settings: TrainingConfig, out: StageStore, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig."""
     gpu = device.type == "cuda"
     return {
@@ -112,7 +112,7 @@ def arguments(settings: _Training, out: StageStore, seed: int, device: torch.dev
 
 def fit(
     cfg: CrocoConfig,
-    settings: _Training,
+    settings: TrainingConfig,
     out: StageStore,
     pairs: StageStore,
     product: str,
