@@ -3,9 +3,11 @@
 import math
 
 import pytest
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from croco.cli import main
+from croco.embedded import resolve_model
 from croco.records import SAMPLE, SCORE
 from croco.store import StageStore
 
@@ -29,7 +31,10 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
     for stage in ("sft", "dpo"):
         manifest = StageStore(run_dir, stage).manifest()
         assert manifest["status"] == "complete" and math.isfinite(manifest["final_loss"]) and manifest["steps"] >= 1
-        assert f"## {stage.upper()}" in report
+        assert f"## {stage.upper()}" in report and (run_dir / stage / "config.yaml").exists()
+        assert all((run_dir / stage / plot).stat().st_size > 1000 for plot in manifest["plots"]) and len(manifest["plots"]) == 3
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest["settings"]["base"]["path"]))
+        PeftModel.from_pretrained(base, run_dir / stage / "adapter")  # the adapter loads again
     assert main(["merge", str(run_dir / "dpo" / "adapter")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "dpo" / "merged")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "dpo" / "merged")

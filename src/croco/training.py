@@ -7,7 +7,8 @@ TRL does the training; this module only wires the paper's settings into it:
 - LoRA on the configured modules; on a GPU bf16, FlashAttention 2 where installed and
   gradient checkpointing; on a CPU full precision, the same code path;
 - checkpoints every `save_steps`: a killed run resumes from the last one;
-- the output folder holds the adapter, the tokenizer, the metrics history and PNG plots.
+- the output folder holds the adapter, the tokenizer, the resolved config, the metrics
+  history and PNG plots.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import datasets
 import torch
+import yaml
 
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
@@ -122,6 +124,7 @@ def fit(
     plots: dict[str, str],
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
+    (out.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)

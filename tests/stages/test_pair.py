@@ -85,8 +85,7 @@ def test_prompt_source_rejected_and_original_text(tmp_path):
     assert p1["language"] == "en" and p1["prompt"][0]["content"] == "p1 in en?"
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_random_prompt_source_is_seeded(tmp_path, seed):
+def test_random_prompt_source_is_seeded(tmp_path):
     first = run_pair(tmp_path / "a", prompt_source="random")[1]("dpo_all_languages")
     again = run_pair(tmp_path / "b", prompt_source="random")[1]("dpo_all_languages")
     assert [r["language"] for r in first] == [r["language"] for r in again]
@@ -96,3 +95,29 @@ def test_random_prompt_source_is_seeded(tmp_path, seed):
 def test_target_min(tmp_path):
     _, load = run_pair(tmp_path, target="min")
     assert {r["prompt_id"]: r["rejected_reward"] for r in load("dpo_all_languages")} == {"p1": 0.0, "p2": 2.0}
+
+
+def test_two_rewards_for_one_sample_stop_the_stage(tmp_path):
+    from croco.errors import CrocoError
+
+    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
+    score = write_run(cfg.run_dir)
+    duplicate = {"prompt_id": "p1", "language": "en", "sample_index": 0, "reward": 9.0, "scored_tokens": 9, "reward_model": "r"}
+    score.write_shard(2, [duplicate], SCORE, [], SKIPPED)
+    out = StageStore(cfg.run_dir, "pair")
+    out.open("k", {})
+    with pytest.raises(CrocoError, match="two rewards for sample 0 of prompt 'p1' in en"):
+        pair.run(cfg, out, score)
+
+
+def test_a_score_without_a_generated_answer_stops_the_stage(tmp_path):
+    from croco.errors import CrocoError
+
+    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
+    score = write_run(cfg.run_dir)
+    orphan = {"prompt_id": "p9", "language": "en", "sample_index": 0, "reward": 1.0, "scored_tokens": 9, "reward_model": "r"}
+    score.write_shard(2, [orphan, {**orphan, "sample_index": 1, "reward": 0.0}], SCORE, [], SKIPPED)
+    out = StageStore(cfg.run_dir, "pair")
+    out.open("k", {})
+    with pytest.raises(CrocoError, match="sample 0 of prompt 'p9' in en has a score but no generated answer"):
+        pair.run(cfg, out, score)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from croco.config import CrocoConfig
+from croco.errors import CrocoError
 from croco.pairing import PRODUCTS, ScoredSamples, build_products
 from croco.records import DPO, SAMPLE, SCORE, SFT
 from croco.store import StageStore
@@ -43,6 +44,7 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
         sample_index=scores["sample_index"].to_numpy().astype(np.int64),
         reward=scores["reward"].to_numpy(),
     )
+    _check_one_reward_per_sample(samples)
     generate = StageStore(out.path.parent, "generate")
     text_column = "prompt_sent" if cfg.pair.prompt_text == "sent" else "prompt"
     products, skipped = build_products(
@@ -56,6 +58,18 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
         "products": {name: len(records) for name, records in products.items()},
         "skipped": skipped,
     }
+
+
+def _check_one_reward_per_sample(samples: ScoredSamples) -> None:
+    key = (samples.prompt * len(samples.languages) + samples.language) * (int(samples.sample_index.max(initial=0)) + 1) + samples.sample_index
+    unique, counts = np.unique(key, return_counts=True)
+    if (counts > 1).any():
+        row = int(np.flatnonzero(key == unique[counts > 1][0])[0])
+        prompt_id, language = samples.prompt_ids[samples.prompt[row]], samples.languages[samples.language[row]]
+        raise CrocoError(
+            f"the score stage holds two rewards for sample {samples.sample_index[row]} of prompt {prompt_id!r} in {language}; "
+            "rerun `croco score --force`"
+        )
 
 
 def _codes(column, values: np.ndarray) -> np.ndarray:
@@ -88,4 +102,11 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
         prompts, responses = shard[text_column].take(hits).to_pylist(), shard["response"].take(hits).to_pylist()
         for hit, prompt, response in zip(hits, prompts, responses):
             texts[int(rows_sorted[position[hit]])] = (prompt, response)
+    missing = [int(row) for row in rows if int(row) not in texts]
+    if missing:
+        row = missing[0]
+        raise CrocoError(
+            f"sample {samples.sample_index[row]} of prompt {samples.prompt_ids[samples.prompt[row]]!r} in "
+            f"{samples.languages[samples.language[row]]} has a score but no generated answer; rerun `croco score --force`"
+        )
     return texts
