@@ -17,6 +17,7 @@ pairing 100 million samples needs only their ids and rewards in memory:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -115,6 +116,17 @@ class ScoredSamples:
     sample_index: np.ndarray
     reward: np.ndarray
 
+    @cached_property
+    def stride(self) -> int:
+        return int(self.sample_index.max(initial=0)) + 1
+
+    def sample_key(self, prompt: np.ndarray, language: np.ndarray, sample_index: np.ndarray) -> np.ndarray:
+        """One integer per sample, distinct for every (prompt, language, sample index)."""
+        return (prompt * len(self.languages) + language) * self.stride + sample_index
+
+    def describe(self, row: int) -> str:
+        return f"sample {self.sample_index[row]} of prompt {self.prompt_ids[self.prompt[row]]!r} in {self.languages[self.language[row]]}"
+
 
 # Given sorted row numbers, the (prompt text, response text) of each: only selected samples' texts are ever read.
 Fetch = Callable[[np.ndarray], dict[int, tuple[str, str]]]
@@ -122,9 +134,8 @@ Fetch = Callable[[np.ndarray], dict[int, tuple[str, str]]]
 
 def build_products(samples: ScoredSamples, target: str, k: float, prompt_source: str, seed: int, fetch: Fetch) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """The four training sets (in-language and all-language SFT and DPO) and the skips per product and reason."""
-    stride = int(samples.sample_index.max()) + 1 if len(samples.reward) else 1
     in_language = select(samples.prompt * len(samples.languages) + samples.language, samples.sample_index, samples.reward, target, k)
-    all_languages = select(samples.prompt, samples.language * stride + samples.sample_index, samples.reward, target, k)
+    all_languages = select(samples.prompt, samples.language * samples.stride + samples.sample_index, samples.reward, target, k)
 
     # All-language DPO takes its prompt from the chosen or the rejected sample's language.
     paired = all_languages.has_pair

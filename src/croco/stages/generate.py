@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from croco.config import CrocoConfig
 from croco.engines import SamplingParams, load_generator
+from croco.fileio import stable_hash
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.models import model_identity
 from croco.records import PROMPT, SAMPLE, SKIPPED
 from croco.stages import throughput
-from croco.fileio import stable_hash
 from croco.store import StageStore
 
 NAME = "generate"

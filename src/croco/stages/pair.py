@@ -61,15 +61,11 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
 
 
 def _check_one_reward_per_sample(samples: ScoredSamples) -> None:
-    key = (samples.prompt * len(samples.languages) + samples.language) * (int(samples.sample_index.max(initial=0)) + 1) + samples.sample_index
+    key = samples.sample_key(samples.prompt, samples.language, samples.sample_index)
     unique, counts = np.unique(key, return_counts=True)
     if (counts > 1).any():
         row = int(np.flatnonzero(key == unique[counts > 1][0])[0])
-        prompt_id, language = samples.prompt_ids[samples.prompt[row]], samples.languages[samples.language[row]]
-        raise CrocoError(
-            f"the score stage holds two rewards for sample {samples.sample_index[row]} of prompt {prompt_id!r} in {language}; "
-            "rerun `croco score --force`"
-        )
+        raise CrocoError(f"the score stage holds two rewards for {samples.describe(row)}; rerun `croco score --force`")
 
 
 def _codes(column, values: np.ndarray) -> np.ndarray:
@@ -82,13 +78,7 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
     """Read the prompt and response of the given rows, one generate shard at a time."""
     if not len(rows):
         return {}
-    stride = int(samples.sample_index.max()) + 1
-    languages = len(samples.languages)
-
-    def composite(prompt, language, index):
-        return (prompt * languages + language) * stride + index
-
-    wanted = composite(samples.prompt[rows], samples.language[rows], samples.sample_index[rows])
+    wanted = samples.sample_key(samples.prompt[rows], samples.language[rows], samples.sample_index[rows])
     order = np.argsort(wanted)
     wanted_sorted, rows_sorted = wanted[order], rows[order]
     texts: dict[int, tuple[str, str]] = {}
@@ -96,7 +86,7 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
         shard = generate.read_shard(index, SAMPLE).select(["prompt_id", "language", "sample_index", text_column, "response"])
         prompt = _codes(shard["prompt_id"], samples.prompt_ids)
         language = _codes(shard["language"], np.array(samples.languages, dtype=object))
-        keys = np.where((prompt >= 0) & (language >= 0), composite(prompt, language, shard["sample_index"].to_numpy().astype(np.int64)), -1)
+        keys = np.where((prompt >= 0) & (language >= 0), samples.sample_key(prompt, language, shard["sample_index"].to_numpy().astype(np.int64)), -1)
         position = np.clip(np.searchsorted(wanted_sorted, keys), 0, len(wanted_sorted) - 1)
         hits = np.flatnonzero(wanted_sorted[position] == keys)
         prompts, responses = shard[text_column].take(hits).to_pylist(), shard["response"].take(hits).to_pylist()
@@ -104,9 +94,5 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
             texts[int(rows_sorted[position[hit]])] = (prompt, response)
     missing = [int(row) for row in rows if int(row) not in texts]
     if missing:
-        row = missing[0]
-        raise CrocoError(
-            f"sample {samples.sample_index[row]} of prompt {samples.prompt_ids[samples.prompt[row]]!r} in "
-            f"{samples.languages[samples.language[row]]} has a score but no generated answer; rerun `croco score --force`"
-        )
+        raise CrocoError(f"{samples.describe(missing[0])} has a score but no generated answer; rerun `croco score --force`")
     return texts
