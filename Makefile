@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install euroeval-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,25 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# EuroEval in its own environment, as the euroeval stage runs it (euroeval.python). 16.11 is the
+# last release for Python 3.11; 17+ needs Python 3.12 and pulls a CUDA torch, so GPU clusters
+# build theirs with `python3.12 -m venv ... && pip install euroeval`.
+EUROEVAL_VENV := .venv-euroeval
+$(EUROEVAL_VENV)/.installed:
+	$(PYTHON) -m venv $(EUROEVAL_VENV)
+	$(EUROEVAL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(EUROEVAL_VENV)/bin/python -m pip install --quiet euroeval==16.11.0
+	touch $@
+
+euroeval-env: $(EUROEVAL_VENV)/.installed
+
 demo: install
 	$(BIN)/croco run configs/demo.yaml
 
+# The EuroEval tests skip (and say why) when its environment cannot be built.
 test: install
+	$(MAKE) euroeval-env || echo "EuroEval environment not built; its tests will be skipped"
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(EUROEVAL_VENV) runs

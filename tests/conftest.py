@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,6 +87,8 @@ def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **se
         "sft": TINY_TRAINING,
         "dpo": TINY_TRAINING,
     }
+    if "arena" not in sections:
+        raw["arena"] = {"enabled": False}  # its default prompts live on the hub; arena tests give their own
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
@@ -92,3 +101,50 @@ def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **se
 def prompts_file(tmp_path: Path) -> Path:
     records = [prompt_record(f"p{i}", lang, f"Question {i} in {lang}?") for lang in ("en", "da") for i in range(3)]
     return write_jsonl(tmp_path / "prompts.jsonl", records)
+
+
+@contextlib.contextmanager
+def background(command: list[str], ready_url: str, log: Path, cwd: Path | None = None):
+    """Run a server process until the block ends; ready once `ready_url` answers."""
+    with open(log, "wb") as out:  # a file, not a pipe: an unread pipe fills up and blocks the server
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"{command[:4]} exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"{command[:4]} not ready after 120 s: {log.read_text()[-2000:]}"
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.25)
+        yield
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model: str, log: Path, cwd: Path | None = None):
+    """`transformers serve` pinned to one model folder; yields its /v1 URL. The model loads before the port opens."""
+    port = free_port()
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    with background(command, f"http://127.0.0.1:{port}/health", log, cwd):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="session")
+def openai_server(smollm_dir: Path, tmp_path_factory):
+    """A real OpenAI-compatible server: `transformers serve` on the embedded SmolLM2, on a free local port."""
+    with transformers_serve(str(smollm_dir), tmp_path_factory.mktemp("serve") / "server.log") as url:
+        yield url

@@ -51,3 +51,7 @@ def test_help_lists_every_stage_in_pipeline_order():
     from croco.stages import STAGE_DOCS
 
     assert list(STAGE_DOCS) == STAGE_NAMES
+
+
+def test_prefetch_of_the_demo_has_nothing_to_download():
+    assert main(["prefetch", str(REPO / "configs" / "demo.yaml")]) == 0

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from croco.cli import main
 from croco.embedded import resolve_model
-from croco.records import SAMPLE, SCORE
+from croco.records import ARENA_ANSWER, SAMPLE, SCORE
 from croco.store import StageStore
 
 from conftest import REPO
@@ -19,7 +19,7 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
     reward_dir, _ = demo_reward
     run_dir = tmp_path / "demo"
     overrides = [f"run_dir={run_dir}", f"models.reward.path={reward_dir}", "data.subsample=2", "languages=[en,ga]",
-                 "generate.num_samples=3", "generate.max_new_tokens=24"]
+                 "generate.num_samples=3", "generate.max_new_tokens=24", "arena.per_language=3", "arena.max_new_tokens=24"]
     assert main(["run", str(REPO / "configs" / "demo.yaml"), *overrides]) == 0
     samples = StageStore(run_dir, "generate").read(SAMPLE).to_pylist()
     scores = StageStore(run_dir, "score").read(SCORE).to_pylist()
@@ -35,6 +35,10 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
         assert all((run_dir / stage / plot).stat().st_size > 1000 for plot in manifest["plots"]) and len(manifest["plots"]) == 3
         base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest["settings"]["base"]["path"]))
         PeftModel.from_pretrained(base, run_dir / stage / "adapter")  # the adapter loads again
+    answers = StageStore(run_dir, "arena").read(ARENA_ANSWER).to_pylist()
+    assert sorted({a["model"] for a in answers}) == ["dpo", "policy", "sft"] and len(answers) == 3 * 2 * 3
+    assert "## Arena win rates" in report and "| sft | ga | all |" in report and "| dpo | all | all |" in report
+    assert (run_dir / "judge" / "win_rates.png").stat().st_size > 1000
     assert main(["merge", str(run_dir / "dpo" / "adapter")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "dpo" / "merged")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "dpo" / "merged")

@@ -21,6 +21,7 @@ def write_config(tmp_path, name, tiny_models, prompts_path):
         "models": {"policy": {"path": tiny_models["policy"]}, "reward": {"path": tiny_models["reward"]}},
         "data": {"sources": [{"path": str(prompts_path)}]},
         "generate": {"num_samples": 3, "max_new_tokens": 60, "prompts_per_shard": 1, "engine": {"batch_size": 3}},
+        "arena": {"enabled": False},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

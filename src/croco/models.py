@@ -58,23 +58,28 @@ def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwar
     return loaded.to(device).eval()
 
 
-def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool, template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """Token ids of a conversation rendered with the model's chat template.
 
     Rendered and tokenized in one step: the template already writes the BOS token, and
     tokenizing the rendered text again would add a second one.
     """
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True)
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True, **(template_kwargs or {})
+    )
     return list(encoded["input_ids"])
 
 
 def model_identity(model: ModelConfig) -> dict[str, Any]:
     """What identifies a model's behaviour in a stage key: its id, revision, adapter and chat template."""
     template = load_tokenizer(model).chat_template or ""
-    return {
+    found = {
         "path": model.path,
         "revision": model.revision,
         "adapter": model.adapter,
         "dtype": model.dtype,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
     }
+    if model.chat_template_kwargs:  # only when set, so keys of runs made before this option stay valid
+        found["chat_template_kwargs"] = model.chat_template_kwargs
+    return found

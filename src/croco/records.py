@@ -88,3 +88,48 @@ DPO = pa.schema(
         ("pool_size", pa.int32()),
     ]
 )
+
+# Evaluation: one answer per (model, language, question), and one judgment per battle and order.
+ARENA_ANSWER = pa.schema(
+    [
+        ("model", pa.string()),  # the evaluated model's name (policy, sft, dpo or a name from evaluate.models)
+        ("language", pa.string()),
+        ("question_id", pa.string()),
+        ("category", pa.string()),
+        ("subcategory", pa.string()),
+        ("prompt", pa.string()),
+        ("output", pa.string()),  # the answer, without any reasoning trace
+        ("reasoning", pa.string()),  # a <think> trace or the server's reasoning field, kept apart
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("generator", pa.string()),  # model path, plus the adapter if any
+    ]
+)
+
+JUDGMENT = pa.schema(
+    [
+        ("model", pa.string()),
+        ("baseline", pa.string()),
+        ("language", pa.string()),
+        ("question_id", pa.string()),
+        ("subcategory", pa.string()),
+        ("order", pa.string()),  # "model_first", "baseline_first", or "none" for the reward judge
+        ("outcome", pa.string()),  # the model's result: "win", "loss", "tie"; null when unparseable
+        ("unparseable", pa.string()),  # why there is no outcome: "no_verdict", "length" (cut off), "tie_not_allowed", "too_long"
+        ("judgment", pa.string()),  # the judge's text, or the two rewards for the reward judge
+        ("model_length", pa.int32()),  # answer lengths in characters
+        ("baseline_length", pa.int32()),
+    ]
+)
+
+EUROEVAL_SCORE = pa.schema(
+    [
+        ("model", pa.string()),  # croco's name for the model
+        ("language", pa.string()),
+        ("dataset", pa.string()),
+        ("metric", pa.string()),
+        ("score", pa.float64()),  # percent, as EuroEval reports it
+        ("ci95", pa.float64()),  # EuroEval's 95% interval half-width; null with a single iteration
+    ]
+)

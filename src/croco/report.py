@@ -37,6 +37,13 @@ def write_report(cfg: CrocoConfig, results: list[StageResult]) -> Path:
     for stage in ("sft", "dpo"):
         if stage in manifests:
             lines += ["", *_training_section(stage, manifests[stage])]
+    for stage, title in (("judge", "Arena win rates"), ("euroeval", "EuroEval")):
+        if stage in manifests:
+            manifest = manifests[stage]
+            table = (run_dir / stage / manifest["results"]).read_text(encoding="utf-8")
+            lines += ["", f"## {title}", "", table.split("\n\nPer subcategory:")[0].strip(), "", f"Full table: `{stage}/{manifest['results']}`"]
+            if manifest.get("plot"):
+                lines += ["", f"![{title}]({stage}/{manifest['plot']})"]
     path = run_dir / REPORT_FILE
     write_atomic(path, ("\n".join(lines) + "\n").encode())
     return path

@@ -42,10 +42,11 @@ class StageStore:
         manifest = self.manifest()
         return bool(manifest) and manifest["key"] == key and manifest["status"] == "complete"
 
-    def open(self, key: str, settings: dict[str, Any]) -> None:
-        """Start or resume the stage under `key`; output made under another key is removed first."""
+    def open(self, key: str, settings: dict[str, Any], keep_data: bool = False) -> None:
+        """Start or resume the stage under `key`; output made under another key is removed first, unless
+        `keep_data` says the stage names its shards by content and clears stale ones itself."""
         manifest = self.manifest()
-        if manifest is not None and manifest["key"] != key:
+        if manifest is not None and manifest["key"] != key and not keep_data:
             self.wipe()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.skipped_dir.mkdir(parents=True, exist_ok=True)
@@ -57,13 +58,13 @@ class StageStore:
     def wipe(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def shard_name(self, index: int) -> str:
-        return f"part-{index:05d}.parquet"
+    def shard_name(self, index: int | str) -> str:
+        return f"part-{index:05d}.parquet" if isinstance(index, int) else f"part-{index}.parquet"
 
-    def has_shard(self, index: int) -> bool:
+    def has_shard(self, index: int | str) -> bool:
         return (self.data_dir / self.shard_name(index)).exists()
 
-    def write_shard(self, index: int, records: list[dict], schema: pa.Schema, skipped: list[dict], skipped_schema: pa.Schema) -> None:
+    def write_shard(self, index: int | str, records: list[dict], schema: pa.Schema, skipped: list[dict], skipped_schema: pa.Schema) -> None:
         # The data shard is renamed last: its presence is what marks the unit as done.
         self._write_table(self.skipped_dir / self.shard_name(index), skipped, skipped_schema)
         self._write_table(self.data_dir / self.shard_name(index), records, schema)
@@ -81,9 +82,16 @@ class StageStore:
         return self._read_dir(self.skipped_dir, schema, None)
 
     def shard_indices(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.data_dir.glob("part-*.parquet"))
+        return sorted(int(p.stem.split("-")[1]) for p in self.data_dir.glob("part-*.parquet") if p.stem.split("-")[1].isdigit())
 
-    def read_shard(self, index: int, schema: pa.Schema) -> pa.Table:
+    def shard_names(self) -> list[str]:
+        return sorted(p.stem.removeprefix("part-") for p in self.data_dir.glob("part-*.parquet"))
+
+    def remove_shard(self, name: int | str) -> None:
+        for folder in (self.data_dir, self.skipped_dir):
+            (folder / self.shard_name(name)).unlink(missing_ok=True)
+
+    def read_shard(self, index: int | str, schema: pa.Schema) -> pa.Table:
         return pq.read_table(self.data_dir / self.shard_name(index), schema=schema)
 
     def finish(self, report: dict[str, Any]) -> dict[str, Any]:

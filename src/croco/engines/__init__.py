@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from croco.config import EngineConfig, ModelConfig
+from croco.errors import CrocoError
 
 Messages = list[dict[str, str]]
 Progress = Callable[[int], None]  # called with the number of sequences just finished
@@ -31,6 +32,7 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    reasoning: str = ""  # a reasoning trace the server returned apart from the answer (e.g. vLLM's reasoning_content)
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,18 @@ class RewardScorer(Protocol):
 
 
 def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
+    if engine.name == "openai":
+        from croco.engines.openai_engine import OpenAIGenerator
+
+        return OpenAIGenerator(engine, model)
     from croco.engines.transformers_engine import TransformersGenerator
 
     return TransformersGenerator(engine, model)
 
 
 def load_scorer(engine: EngineConfig, model: ModelConfig) -> RewardScorer:
+    if engine.name != "transformers":
+        raise CrocoError(f"reward models run on the transformers engine only (got engine {engine.name!r} for {model.path})")
     from croco.engines.transformers_engine import TransformersScorer
 
     return TransformersScorer(engine, model)

@@ -35,12 +35,13 @@ class TransformersGenerator:
         self.batch_size = engine.batch_size
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_model(model, AutoModelForCausalLM, self.device)
+        self.template_kwargs = model.chat_template_kwargs
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None) -> list[list[Completion]]:
-        encoded = [encode_chat(self.tokenizer, messages, generation_prompt=True) for messages in prompts]
+        encoded = [encode_chat(self.tokenizer, messages, True, self.template_kwargs) for messages in prompts]
         # One row per (prompt, sample): rows of one prompt sit together, so batches share prompt lengths.
         rows = [(p, s) for p in range(len(prompts)) for s in range(params.num_samples)]
         results: list[list[Completion | None]] = [[None] * params.num_samples for _ in prompts]
@@ -75,6 +76,7 @@ class TransformersScorer:
         self.batch_size = engine.batch_size
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_model(model, AutoModelForSequenceClassification, self.device)
+        self.template_kwargs = model.chat_template_kwargs
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model {model.path} has {self.model.config.num_labels} labels; croco needs a one-logit classifier")
         if self.model.config.pad_token_id is None:
@@ -82,7 +84,7 @@ class TransformersScorer:
 
     @torch.inference_mode()
     def score(self, conversations: Sequence[Messages], max_len: int, progress: Progress | None = None) -> list[Score]:
-        encoded = [encode_chat(self.tokenizer, messages, generation_prompt=False) for messages in conversations]
+        encoded = [encode_chat(self.tokenizer, messages, False, self.template_kwargs) for messages in conversations]
         results: list[Score | None] = [None] * len(encoded)
         fitting = []
         for i, ids in enumerate(encoded):

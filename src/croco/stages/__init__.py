@@ -8,6 +8,9 @@ STAGE_DOCS = {
     "pair": "build SFT and DPO training sets from the scored answers (or from the original code's files)",
     "sft": "train a LoRA adapter on the chosen answers (TRL SFTTrainer)",
     "dpo": "train a LoRA adapter on the chosen/rejected pairs (TRL DPOTrainer)",
+    "arena": "answer the m-ArenaHard prompts with the policy and every tuned model",
+    "judge": "judge arena answers against the baseline and compute win rates with bootstrap intervals",
+    "euroeval": "benchmark every evaluated model with EuroEval, each in its own process",
 }
 
 

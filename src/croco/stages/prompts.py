@@ -13,15 +13,13 @@ import json
 import logging
 import random
 from collections import Counter
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from croco.config import CrocoConfig, DataSource
-from croco.embedded import resolve_data
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.records import PROMPT, SKIPPED
-from croco.fileio import file_sha256
+from croco.sources import Malformed, fingerprint, read_source
 from croco.store import StageStore
 
 log = logging.getLogger("croco")
@@ -41,7 +39,7 @@ def settings(cfg: CrocoConfig) -> dict[str, Any]:
         "data": cfg.data.model_dump(),
         "languages": cfg.languages,
         "seed": cfg.seed,
-        "inputs": [_fingerprint(source) for source in cfg.data.sources],
+        "inputs": [fingerprint(source) for source in cfg.data.sources],
     }
 
 
@@ -51,7 +49,7 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
     skipped: Counter[str] = Counter()
     records_in = 0
     for source in cfg.data.sources:
-        for location, raw in _read_source(source):
+        for location, raw in read_source(source):
             records_in += 1
             try:
                 record = _validate(raw, source, cfg, location)
@@ -99,7 +97,7 @@ def _subsample(records: list[dict], size: int | None, seed: int, skipped: Counte
 
 
 def _validate(raw: Any, source: DataSource, cfg: CrocoConfig, location: str) -> dict:
-    if isinstance(raw, _Malformed):
+    if isinstance(raw, Malformed):
         raise InvalidRecord(raw)
     if not isinstance(raw, dict):
         raise InvalidRecord(f"a record must be a JSON object, got {type(raw).__name__}")
@@ -128,64 +126,3 @@ def _validate(raw: Any, source: DataSource, cfg: CrocoConfig, location: str) -> 
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
         "source": location,
     }
-
-
-def _read_source(source: DataSource) -> Iterator[tuple[str, Any]]:
-    local = _local_path(source)
-    if local is None:
-        yield from _read_hub(source)
-    elif local.suffix == ".jsonl":
-        with open(local, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{local} line {number}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{local} line {number}", _Malformed(f"not valid JSON ({exc.msg} at column {exc.colno})")
-    else:
-        try:
-            data = json.loads(local.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CrocoError(f"{local} is not valid JSON ({exc.msg} at line {exc.lineno}); use a list of records or JSONL") from None
-        if not isinstance(data, list):
-            raise CrocoError(f"{local} must hold a JSON list of records")
-        for number, record in enumerate(data):
-            yield f"{local} record {number}", record
-
-
-class _Malformed(str):
-    """A line that is not JSON; validation reports it like any other invalid record."""
-
-
-def _local_path(source: DataSource) -> Path | None:
-    embedded = resolve_data(source.path)
-    if embedded is not None:
-        return embedded
-    path = Path(source.path)
-    if path.suffix in {".json", ".jsonl"}:
-        if not path.is_file():
-            raise CrocoError(f"data file {path} does not exist (data.sources)")
-        return path
-    if path.is_file():
-        raise CrocoError(f"data file {path} is neither .json nor .jsonl; convert it, or give its folder to load it through datasets")
-    return None  # a dataset id or a local dataset folder, both loaded by datasets
-
-
-def _read_hub(source: DataSource) -> Iterator[tuple[str, Any]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(source.path, name=source.name, split=source.split, revision=source.revision)
-    except Exception as exc:  # datasets raises many kinds; the user needs the id and the cause
-        raise CrocoError(f"could not load dataset {source.path!r} split {source.split!r}: {exc}".replace("\n", " ")) from None
-    for number, row in enumerate(dataset):
-        yield f"dataset {source.path} row {number}", row
-
-
-def _fingerprint(source: DataSource) -> dict[str, Any]:
-    local = _local_path(source)
-    if local is not None:
-        return {"file": str(local), "sha256": file_sha256(local)}
-    return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision}
-

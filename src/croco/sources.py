@@ -1,0 +1,77 @@
+"""Reading records from where users keep them: JSON/JSONL files, dataset folders, hub datasets.
+
+Shared by the prompts stage and the arena stage; each checks the records' schema itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from croco.config import DataSource
+from croco.embedded import resolve_data
+from croco.errors import CrocoError
+from croco.fileio import file_sha256
+
+
+def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, record) pairs; `location` names the file and line (or dataset and row) for error messages."""
+    local = local_path(source)
+    if local is None:
+        yield from _read_hub(source, name or source.name)
+    elif local.suffix == ".jsonl":
+        with open(local, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{local} line {number}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"{local} line {number}", Malformed(f"not valid JSON ({exc.msg} at column {exc.colno})")
+    else:
+        try:
+            data = json.loads(local.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CrocoError(f"{local} is not valid JSON ({exc.msg} at line {exc.lineno}); use a list of records or JSONL") from None
+        if not isinstance(data, list):
+            raise CrocoError(f"{local} must hold a JSON list of records")
+        for number, record in enumerate(data):
+            yield f"{local} record {number}", record
+
+
+class Malformed(str):
+    """A line that is not JSON; validation reports it like any other invalid record."""
+
+
+def local_path(source: DataSource) -> Path | None:
+    embedded = resolve_data(source.path)
+    if embedded is not None:
+        return embedded
+    path = Path(source.path)
+    if path.suffix in {".json", ".jsonl"}:
+        if not path.is_file():
+            raise CrocoError(f"data file {path} does not exist (data.sources)")
+        return path
+    if path.is_file():
+        raise CrocoError(f"data file {path} is neither .json nor .jsonl; convert it, or give its folder to load it through datasets")
+    return None  # a dataset id or a local dataset folder, both loaded by datasets
+
+
+def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source.path, name=name, split=source.split, revision=source.revision)
+    except Exception as exc:  # datasets raises many kinds; the user needs the id and the cause
+        raise CrocoError(f"could not load dataset {source.path!r}{f' configuration {name!r}' if name else ''} split {source.split!r}: {exc}".replace("\n", " ")) from None
+    for number, row in enumerate(dataset):
+        yield f"dataset {source.path} row {number}", row
+
+
+def fingerprint(source: DataSource) -> dict[str, Any]:
+    local = local_path(source)
+    if local is not None:
+        return {"file": str(local), "sha256": file_sha256(local)}
+    return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision}
+

@@ -1,0 +1,287 @@
+"""Stage 5: EuroEval benchmarks of every evaluated model per language, each run in its own process.
+
+EuroEval lives in its own Python environment (`euroeval.python`: 17+ needs Python 3.12 and
+pins its own vLLM, which must not share a process with other vLLM use). Before any model
+loads, the dataset table is checked against that installation's registry. An adapter is
+merged into its base first (`croco merge`). Each (model, language) is one subprocess run in
+RUN_DIR/euroeval/models, where every model is a folder named after it; EuroEval appends to
+euroeval_benchmark_results.jsonl there and skips what that file already holds, so a killed
+stage resumes. Results of both the flat format (before 17.0) and the 17.0+ Every Eval Ever
+format are read into one table: baseline vs each model, with EuroEval's 95% intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from croco.config import CrocoConfig, EngineConfig, ModelConfig
+from croco.contestants import contestants, identity, run_adapters
+from croco.embedded import resolve_model
+from croco.errors import CrocoError
+from croco.fileio import write_atomic
+from croco.languages import LANGUAGES
+from croco.records import EUROEVAL_SCORE, SKIPPED
+from croco.store import StageStore
+
+log = logging.getLogger("croco")
+
+NAME = "euroeval"
+INPUT = None
+MODELS_DIR = "models"
+RESULTS_FILE = "euroeval_benchmark_results.jsonl"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+# croco's default benchmark list: per language, sentiment, linguistic acceptability, reading
+# comprehension, common sense and knowledge where EuroEval has them. The paper's list named
+# datasets EuroEval does not have (mmlu-fi, ifeval-nl, multiloko-da, include-da/sv/no,
+# hellaswag-pt; English names carry no suffix; Norwegian uses -nb/-nn); these are the real names.
+DATASETS: dict[str, list[str]] = {
+    "da": ["angry-tweets", "scala-da", "multi-wiki-qa-da", "hellaswag-da", "danske-talemaader"],
+    "en": ["sst5", "scala-en", "squad", "hellaswag", "life-in-the-uk"],
+    "nl": ["dbrd", "scala-nl", "squad-nl", "hellaswag-nl", "mmlu-nl"],
+    "fr": ["allocine", "scala-fr", "fquad", "hellaswag-fr", "mmlu-fr"],
+    "de": ["sb10k", "scala-de", "germanquad", "hellaswag-de", "mmlu-de"],
+    "it": ["sentipolc16", "scala-it", "squad-it", "hellaswag-it", "mmlu-it"],
+    "es": ["sentiment-headlines-es", "scala-es", "mlqa-es", "hellaswag-es", "mmlu-es"],
+    "no": ["norec", "scala-nb", "scala-nn", "norquad", "nrk-quiz-qa"],
+    "sv": ["swerec", "scala-sv", "multi-wiki-qa-sv", "hellaswag-sv", "mmlu-sv"],
+    "pt": ["sst2-pt", "scala-pt", "multi-wiki-qa-pt", "goldenswag-pt", "mmlu-pt"],
+    "fi": ["scandisent-fi", "scala-fi", "tydiqa-fi", "hellaswag-fi"],
+}
+
+# EuroEval runs offline wherever it can: no cost-map fetch by litellm, no hub lookups once prefetched.
+OFFLINE_SAFE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+CLI_SCRIPT = "import sys; from euroeval.cli import benchmark; sys.exit(benchmark())"
+REGISTRY_SCRIPT = """
+import json, sys
+from pathlib import Path
+from importlib.metadata import version
+from euroeval.dataset_configs import get_all_dataset_configs
+configs = get_all_dataset_configs(custom_datasets_file=Path(sys.argv[1]))
+print(json.dumps({"version": version("euroeval"), "datasets": {c.name: [l.code for l in c.languages] for c in configs.values()}}))
+"""
+
+
+def enabled(cfg: CrocoConfig) -> bool:
+    return cfg.euroeval.enabled
+
+
+def requires(cfg: CrocoConfig) -> list[str]:
+    return run_adapters(cfg)
+
+
+def dataset_table(cfg: CrocoConfig) -> dict[str, list[str]]:
+    table = cfg.euroeval.datasets if cfg.euroeval.datasets is not None else DATASETS
+    return {code: table[code] for code in cfg.languages if table.get(code)}
+
+
+def settings(cfg: CrocoConfig) -> dict[str, Any]:
+    models = {name: identity(cfg, name, model, EngineConfig()) for name, model in contestants(cfg).items()}
+    return {"euroeval": cfg.euroeval.model_dump(), "datasets": dataset_table(cfg), "models": models}
+
+
+def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
+    """Every name must exist in the installed EuroEval for its language; returns EuroEval's version."""
+    custom = _option(_extra_args(cfg), "--custom-datasets-file") or "custom_datasets.py"
+    registry = json.loads(run_in_euroeval(cfg, REGISTRY_SCRIPT, [custom]).strip().splitlines()[-1])
+    for code, names in table.items():
+        language = LANGUAGES[code].euroeval_code
+        valid = sorted(n for n, langs in registry["datasets"].items() if language in langs or (language == "no" and {"nb", "nn"} & set(langs)))
+        for name in names:
+            if name not in valid:
+                raise CrocoError(
+                    f"EuroEval {registry['version']} has no dataset {name!r} for {LANGUAGES[code].name} ({code}); "
+                    f"set euroeval.datasets.{code} to names from: {', '.join(valid)}"
+                )
+    return registry["version"]
+
+
+def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
+    table = dataset_table(cfg)
+    if not table:
+        raise CrocoError(f"EuroEval has no datasets for {', '.join(cfg.languages)} in euroeval.datasets")
+    version = check_datasets(cfg, table)
+    workdir = out.path / MODELS_DIR
+    workdir.mkdir(parents=True, exist_ok=True)
+    models = contestants(cfg)
+    folders = {name: model_folder(name, model, workdir) for name, model in models.items()}
+    for name in models:
+        for code, names in table.items():
+            if out.has_shard(f"{name}-{code}"):
+                continue
+            log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(names))
+            log_file = out.path / "logs" / f"{name}-{code}.log"
+            _benchmark(cfg, folders[name], code, names, workdir, log_file)
+            found = comparison(read_results(workdir / RESULTS_FILE), {folders[name]: name}, {code: names}, cfg.evaluate.baseline)
+            missing = set(names) - {r["dataset"] for r in found}
+            if missing:  # EuroEval exits 0 when it skips a model or dataset it cannot load
+                raise CrocoError(f"EuroEval wrote no results for {name} on {', '.join(sorted(missing))}; see {log_file}")
+            out.write_shard(f"{name}-{code}", found, EUROEVAL_SCORE, [], SKIPPED)
+    rows = comparison(read_results(workdir / RESULTS_FILE), {folder: name for name, folder in folders.items()}, table, cfg.evaluate.baseline)
+    write_atomic(out.path / RESULTS_JSON, json.dumps(rows, indent=2).encode())
+    lines = results_table(rows, cfg, version)
+    write_atomic(out.path / RESULTS_MD, ("\n".join(lines) + "\n").encode())
+    log.info("euroeval: scores against %s\n%s", cfg.evaluate.baseline, "\n".join(lines))
+    return {"records_in": len(models) * len(table), "records_out": len(rows), "skipped": {}, "euroeval_version": version, "results": RESULTS_MD}
+
+
+def model_folder(name: str, model: ModelConfig, workdir: Path) -> str:
+    """Give EuroEval the model as models/<name>: a merged folder for an adapter, links to the files otherwise.
+
+    A folder of its own keeps EuroEval's temporary files out of the model's real folder and
+    names the model in the results by its croco name.
+    """
+    folder = workdir / name
+    if model.adapter:
+        if not (folder / "config.json").exists():
+            from croco.merge import merge_adapter
+
+            merge_adapter(Path(model.adapter), folder)
+        return name
+    source = Path(resolve_model(model.path))
+    if not source.is_dir():
+        return model.path  # a hub id: EuroEval downloads it (run `croco prefetch` first on offline clusters)
+    folder.mkdir(exist_ok=True)
+    for item in source.iterdir():
+        link = folder / item.name
+        if not link.exists():
+            link.symlink_to(item.resolve())
+    return name
+
+
+def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdir: Path, log_file: Path) -> None:
+    settings_ = cfg.euroeval
+    arguments = ["--model", model, "--language", LANGUAGES[code].euroeval_code, *[a for n in names for a in ("--dataset", n)]]
+    arguments += ["--evaluate-test-split"] if settings_.split == "test" else []
+    arguments += ["--few-shot" if settings_.few_shot else "--zero-shot", "--num-iterations", str(settings_.iterations)]
+    arguments += ["--save-results", "--no-progress-bar", "--raise-errors"]
+    arguments += [] if settings_.device == "auto" else ["--device", settings_.device]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w", encoding="utf-8") as sink:
+        status = run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *_extra_args(cfg)], cwd=workdir, sink=sink)
+    if status != 0:
+        raise CrocoError(f"EuroEval exited with status {status} for {model} in {code}; see {log_file}")
+
+
+def _extra_args(cfg: CrocoConfig) -> list[str]:
+    """euroeval.extra_args, with a custom datasets file made absolute (EuroEval runs in models/)."""
+    arguments = list(cfg.euroeval.extra_args)
+    if _option(arguments, "--custom-datasets-file"):
+        index = arguments.index("--custom-datasets-file") + 1
+        arguments[index] = str(Path(arguments[index]).resolve())
+    return arguments
+
+
+def run_in_euroeval(cfg: CrocoConfig, script: str, arguments: list[str], cwd: Path | None = None, sink=None, purpose: str = "read EuroEval's dataset registry"):
+    """Run a script in EuroEval's interpreter: its stdout when `sink` is None (failing with `purpose`), else its exit status."""
+    command = [cfg.euroeval.python, "-c", script, *arguments]
+    env = {**os.environ, **OFFLINE_SAFE_ENV}
+    try:
+        if sink is None:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CrocoError(f"could not {purpose} with {cfg.euroeval.python}: {last}")
+            return done.stdout
+        return subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+    except FileNotFoundError:
+        raise CrocoError(
+            f"euroeval.python {cfg.euroeval.python!r} does not exist; install EuroEval in its own environment "
+            "(`make euroeval-env`, or a Python 3.12 venv with `pip install euroeval`) and point euroeval.python at its interpreter"
+        ) from None
+
+
+def _option(arguments: list[str], flag: str) -> str | None:
+    return arguments[arguments.index(flag) + 1] if flag in arguments[:-1] else None
+
+
+def read_results(path: Path) -> list[dict]:
+    """EuroEval's results file as flat rows: model, dataset, languages, metric, score, 95% half-width."""
+    rows: list[dict] = []
+    if not path.exists():
+        return rows
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue  # EuroEval starts every record with a newline, so the file opens with a blank line
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CrocoError(f"{path} line {number} is not JSON ({exc.msg})") from None
+        rows += _from_eee(record) if "schema_version" in record else _from_flat(record)
+    return rows
+
+
+def _from_flat(record: dict) -> list[dict]:
+    """Before 17.0: results.total holds test_<metric> and test_<metric>_se."""
+    total = record["results"]["total"]
+    base = {"model": record["model"], "dataset": record["dataset"], "languages": record["languages"], "few_shot": record.get("few_shot")}
+    return [
+        {**base, "metric": key.removeprefix("test_"), "score": value, "ci95": _finite(total.get(f"{key}_se"))}
+        for key, value in total.items()
+        if key.startswith("test_") and not key.endswith("_se")
+    ]
+
+
+def _from_eee(record: dict) -> list[dict]:
+    """17.0 and later: Every Eval Ever records, one evaluation_results entry per metric."""
+    details = record["eval_library"]["additional_details"]
+    few_shot = details.get("few_shot")
+    base = {"model": record["model_info"]["name"], "dataset": details["dataset"], "languages": json.loads(details["languages"]), "few_shot": None if few_shot is None else few_shot == "true"}
+    rows = []
+    for result in record["evaluation_results"]:
+        interval = (result["score_details"].get("uncertainty") or {}).get("confidence_interval")
+        half = (interval["upper"] - interval["lower"]) / 2 if interval else None
+        rows.append({**base, "metric": result["evaluation_name"].removeprefix("test_"), "score": result["score_details"]["score"], "ci95": half})
+    return rows
+
+
+def _finite(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def comparison(results: list[dict], names: dict[str, str], table: dict[str, list[str]], baseline: str) -> list[dict]:
+    """One row per language, dataset and metric: every model's score and its difference from the baseline."""
+    scores: dict[tuple[str, str, str], dict[str, dict]] = {}
+    wanted = {(code, dataset) for code, datasets in table.items() for dataset in datasets}
+    for r in results:
+        if r["model"] not in names:
+            continue
+        for code in table:
+            if (code, r["dataset"]) in wanted and LANGUAGES[code].euroeval_code in r["languages"] + (["no"] if {"nb", "nn"} & set(r["languages"]) else []):
+                scores.setdefault((code, r["dataset"], r["metric"]), {})[names[r["model"]]] = r
+    rows = []
+    for (code, dataset, metric), by_model in sorted(scores.items()):
+        base = by_model.get(baseline)
+        for model, r in by_model.items():
+            rows.append(
+                {
+                    "language": code, "dataset": dataset, "metric": metric, "model": model, "score": r["score"], "ci95": r["ci95"],
+                    "difference": None if base is None or model == baseline else r["score"] - base["score"],
+                }
+            )
+    return rows
+
+
+def results_table(rows: list[dict], cfg: CrocoConfig, version: str) -> list[str]:
+    shots = "few-shot" if cfg.euroeval.few_shot else "zero-shot"
+    lines = [
+        f"EuroEval {version}, {cfg.euroeval.split} split, {shots}, {cfg.euroeval.iterations} iterations; scores in percent with "
+        f"EuroEval's 95% interval; difference against `{cfg.evaluate.baseline}`.",
+        "",
+        "| language | dataset | metric | model | score | ± 95% | difference |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        ci = "–" if r["ci95"] is None else f"{r['ci95']:.2f}"
+        diff = "" if r["difference"] is None else f"{r['difference']:+.2f}"
+        lines.append(f"| {r['language']} | {r['dataset']} | {r['metric']} | {r['model']} | {r['score']:.2f} | {ci} | {diff} |")
+    return lines
+
