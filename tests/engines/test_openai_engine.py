@@ -28,9 +28,9 @@ def test_samples_match_the_transformers_engine_and_missing_choices_are_asked_for
     assert [s[0].text for s in remote] == [s[0].text for s in local]
 
 
-def test_an_unset_key_variable_is_named(openai_server, smollm_dir):
+def test_an_unset_key_variable_is_named(smollm_dir):
     with pytest.raises(CrocoError, match="CROCO_TEST_MISSING_KEY"):
-        load_generator(EngineConfig(name="openai", base_url=openai_server, api_key_env="CROCO_TEST_MISSING_KEY"), ModelConfig(path=str(smollm_dir)))
+        load_generator(EngineConfig(name="openai", base_url="http://127.0.0.1:9/v1", api_key_env="CROCO_TEST_MISSING_KEY"), ModelConfig(path=str(smollm_dir)))
 
 
 def test_an_unreachable_server_is_one_clear_error(smollm_dir):

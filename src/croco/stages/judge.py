@@ -125,15 +125,16 @@ def _percent(value: float | None) -> str:
 def results_table(rows: list[dict], cfg: CrocoConfig) -> list[str]:
     """Markdown: one line per model and language (all subcategories), then the per-subcategory lines."""
     header = [
-        "| model | language | subcategory | win rate % | 95% CI | LC win rate % | W/L/T | unparseable (length) | order disagreement % | mean length model / baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | language | subcategory | win rate % | SE | 95% CI | LC win rate % | W/L/T | unparseable (length) | order disagreement % | mean length model / baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines = []
     for r in rows:
         ci = "–" if r["win_rate"] is None else f"{_percent(r['ci_low'])}–{_percent(r['ci_high'])}"
         wlt = "–" if r["win_rate"] is None else f"{r['wins']}/{r['losses']}/{r['ties']}"
         lines.append(
-            f"| {r['model']} | {r['language']} | {r['subcategory']} | {_percent(r['win_rate'])} | {ci} | {_percent(r.get('length_controlled'))} "
+            f"| {r['model']} | {r['language']} | {r['subcategory']} | {_percent(r['win_rate'])} | {_percent(r.get('standard_error'))} | {ci} "
+            f"| {_percent(r.get('length_controlled'))} "
             f"| {wlt} | {r['unparseable']} ({r['unparseable_length']}) | {_percent(r['order_disagreement'])} "
             f"| {r['model_length']:.0f} / {r['baseline_length']:.0f} |"
         )
