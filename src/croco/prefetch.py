@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 from croco.config import CrocoConfig, ModelConfig
-from croco.contestants import contestants
 from croco.embedded import is_embedded
 
 log = logging.getLogger("croco")
@@ -35,7 +34,7 @@ def _hub_models(cfg: CrocoConfig) -> list[ModelConfig]:
     models = [cfg.models.policy, cfg.models.reward, *([cfg.models.base] if cfg.models.base else [])]
     if cfg.judge.model is not None and cfg.judge.engine.name == "transformers":
         models.append(cfg.judge.model)
-    models += [m for name, m in contestants(cfg).items() if name in cfg.evaluate.models]
+    models += list(cfg.evaluate.models.values())
     unique = {(m.path, m.revision): m for m in models}
     return [m for m in unique.values() if not is_embedded(m.path) and not Path(m.path).exists()]
 

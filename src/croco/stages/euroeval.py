@@ -94,7 +94,7 @@ def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
     registry = json.loads(run_in_euroeval(cfg, REGISTRY_SCRIPT, [custom]).strip().splitlines()[-1])
     for code, names in table.items():
         language = LANGUAGES[code].euroeval_code
-        valid = sorted(n for n, langs in registry["datasets"].items() if language in langs or (language == "no" and {"nb", "nn"} & set(langs)))
+        valid = sorted(n for n, langs in registry["datasets"].items() if _in_language(language, langs))
         for name in names:
             if name not in valid:
                 raise CrocoError(
@@ -102,6 +102,11 @@ def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
                     f"set euroeval.datasets.{code} to names from: {', '.join(valid)}"
                 )
     return registry["version"]
+
+
+def _in_language(language: str, languages: list[str]) -> bool:
+    """Whether a dataset of `languages` counts for `language`; Norwegian (no) covers Bokmål (nb) and Nynorsk (nn)."""
+    return language in languages or (language == "no" and bool({"nb", "nn"} & set(languages)))
 
 
 def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
@@ -255,7 +260,7 @@ def comparison(results: list[dict], names: dict[str, str], table: dict[str, list
         if r["model"] not in names:
             continue
         for code in table:
-            if (code, r["dataset"]) in wanted and LANGUAGES[code].euroeval_code in r["languages"] + (["no"] if {"nb", "nn"} & set(r["languages"]) else []):
+            if (code, r["dataset"]) in wanted and _in_language(LANGUAGES[code].euroeval_code, r["languages"]):
                 scores.setdefault((code, r["dataset"], r["metric"]), {})[names[r["model"]]] = r
     rows = []
     for (code, dataset, metric), by_model in sorted(scores.items()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,11 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
     write_atomic(out.path / RESULTS_MD, ("\n".join(table) + "\n").encode())
     plot_win_rates(rows, out.path / PLOT)
     log.info("judge: win rates against %s, per language (ties count %s)\n%s", cfg.evaluate.baseline, cfg.judge.ties, "\n".join(table))
-    unparseable = {}
-    for r in records:
-        if r["unparseable"]:
-            unparseable[r["unparseable"]] = unparseable.get(r["unparseable"], 0) + 1
+    unparseable = Counter(r["unparseable"] for r in records if r["unparseable"])
     return {
         "records_in": len(todo),
         "records_out": len(records),
-        "skipped": unparseable,
+        "skipped": dict(unparseable),
         "judged_now": len(missing),
         "from_cache": cached,
         "models": [m for m in models if m != cfg.evaluate.baseline],
