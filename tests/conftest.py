@@ -76,9 +76,9 @@ def prompt_record(prompt_id: str, language: str, text: str = "Say something kind
 TINY_TRAINING = {"max_length": 128, "max_prompt_length": 96, "gradient_accumulation": 1, "save_steps": 2, "eval_fraction": 0.2}
 
 
-def make_config(run_dir: Path, models: dict[str, str], sources: list[dict], **sections) -> CrocoConfig:
+def make_config(root: Path | str, models: dict[str, str], sources: list[dict], **sections) -> CrocoConfig:
     raw = {
-        "run_dir": str(run_dir),
+        "storage": {"root": str(root)},
         "languages": ["en", "da"],
         "models": {"policy": {"path": models["policy"]}, "reward": {"path": models["reward"]}},
         "data": {"sources": sources},

@@ -1,4 +1,4 @@
-from croco.judging import Battle, JudgmentCache, Verdict, judge_prompt, parse_verdict
+from croco.judging import Battle, Verdict, judge_prompt, parse_verdict
 
 
 def test_last_verdict_counts_and_order_maps_to_the_model():
@@ -20,11 +20,3 @@ def test_prompt_shows_answers_in_the_battle_order_and_offers_ties_only_when_allo
     assert text.index("BASE") < text.index("MODEL")
     assert "[[T]]" not in text
     assert "[[T]]" in judge_prompt(battle, allow_ties=True)[-1]["content"]
-
-
-def test_cache_survives_reopening(tmp_path):
-    cache = JudgmentCache(tmp_path / "judgments.sqlite")
-    cache.put({"a": Verdict("win", None, "[[1]]")})
-    cache.close()
-    reopened = JudgmentCache(tmp_path / "judgments.sqlite")
-    assert reopened.get(["a", "b"]) == {"a": Verdict("win", None, "[[1]]")}

@@ -1,21 +1,19 @@
 """croco: cross-lingual contrastive preference tuning of language models on their own generations.
 
-Python API:
-    from croco import load_config, run_pipeline
-    cfg = load_config("configs/demo.yaml", ["generate.num_samples=8"])
-    run_pipeline(cfg)                    # every stage; run_pipeline(cfg, only=["score"]) for one
+Python API (the flows are plain Prefect flows; called directly they run in this process):
+    from croco.flows.pipeline import pipeline
+    pipeline(config="configs/demo.yaml", overrides=["generate.num_samples=8"])
+    pipeline(config="configs/demo.yaml", stages=["score"])     # one stage and the finished work it reads
 """
+
+import logging
+import os
 
 from croco.config import CrocoConfig, load_config
 from croco.errors import CrocoError
 
-__all__ = ["CrocoConfig", "CrocoError", "STAGE_NAMES", "load_config", "run_pipeline"]
+# Stage logs (the "croco" logger) go to the Prefect run's logs, so the UI shows them.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "croco")
+logging.getLogger("croco").setLevel(logging.INFO)
 
-
-def __getattr__(name: str):
-    # The pipeline imports torch and transformers; load it only when asked for.
-    if name in ("run_pipeline", "STAGE_NAMES"):
-        from croco import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'croco' has no attribute {name!r}")
+__all__ = ["CrocoConfig", "CrocoError", "load_config"]

@@ -1,4 +1,4 @@
-"""The `croco` command: `croco run CONFIG` runs every stage, `croco STAGE CONFIG` runs one."""
+"""The `croco` command: `croco run CONFIG` calls the pipeline flow in this process, `croco STAGE CONFIG` runs one stage."""
 
 from __future__ import annotations
 
@@ -13,16 +13,19 @@ import yaml
 from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
-from croco.stages import STAGE_DOCS
+from croco.tasks import STAGE_DOCS
 
 log = logging.getLogger("croco")
 
 EPILOG = """examples:
-  croco run configs/demo.yaml                      run every stage (finished stages are skipped)
+  croco run configs/demo.yaml                      run every stage (finished units are cache hits)
   croco run configs/demo.yaml generate.num_samples=8 languages=[en,da]
-  croco generate configs/demo.yaml --force         redo one stage (and invalidate the ones after it)
+  croco plan configs/demo.yaml                     what is cached and what would run, per stage and language
+  croco generate configs/demo.yaml                 one stage (and the finished work it reads)
+  croco judge configs/demo.yaml judge.ties=win     recount the arena tables from the stored judgments
+  croco runs configs/demo.yaml                     the runs kept in the config's storage
+  croco gc configs/demo.yaml --keep 3              delete versions that none of the 3 newest runs used
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
-  croco judge configs/demo.yaml judge.ties=win     recount the arena tables from cached judgments
 """
 
 
@@ -40,15 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", nargs="?" if optional else None, help="YAML run config (see configs/ and the README's config reference)")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. generate.num_samples=8")
 
-    run = commands.add_parser("run", help="run every stage in order, resuming finished work")
+    run = commands.add_parser("run", help="run the pipeline flow (every enabled stage) in this process")
     with_config(run)
-    run.add_argument("--force", action="store_true", help="redo every stage from scratch")
     for name, summary in STAGE_DOCS.items():
         sub = commands.add_parser(name, help=summary)
         with_config(sub, optional=name == "pair")  # pair also has a form that takes files instead
-        sub.add_argument("--force", action="store_true", help="redo this stage even if finished (later stages are invalidated)")
         if name == "pair":
             _add_migration_arguments(sub)
+    plan = commands.add_parser("plan", help="print, per stage and language, what is cached and what would run")
+    with_config(plan)
+    plan.add_argument("--notify", action="store_true", help="emit the Prefect event croco.config.languages-added if the config has new languages")
+    runs = commands.add_parser("runs", help="list the runs recorded in the config's storage, newest first")
+    with_config(runs)
+    gc = commands.add_parser("gc", help="delete stage versions that none of the newest runs used")
+    with_config(gc)
+    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep every version the N newest runs used")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -114,18 +124,49 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _migrate(args)
     if args.config is None:
         raise CrocoError(f"croco {args.command} needs a CONFIG file")
-    # Imported here: they load torch and transformers, which `croco pair --scored` and `croco config` never need.
-    from croco.pipeline import run_pipeline
-    from croco.report import write_report
-
     cfg = load_config(args.config, args.overrides)
-    only = None if args.command == "run" else [args.command]
-    results = run_pipeline(cfg, only=only, force=args.force)
-    report = write_report(cfg, results)
-    log.info("outputs: %s (one folder per stage: %s)", cfg.run_dir, ", ".join(r.name for r in results))
-    log.info("report:  %s", report)
+    if args.command in ("plan", "runs", "gc"):
+        return _inspect(args, cfg)
+    # Imported here: Prefect and the stages (torch with them) are not needed by the commands above.
+    from croco.flows.pipeline import pipeline
+
+    result = pipeline(config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command])
+    log.info("versions: %s", cfg.storage.root)
+    log.info("report:   %s", result["report"])
     return 0
 
+
+def _inspect(args: argparse.Namespace, cfg) -> int:
+    from croco.storage import Storage
+
+    storage = Storage(cfg.storage.root)
+    if args.command == "plan":
+        from croco.flows.execute import last_languages
+        from croco.plan import build_plan, describe
+
+        rows = describe(build_plan(cfg), storage)
+        width = max(len(r["unit"]) for r in rows)
+        for row in rows:
+            print(f"{row['unit']:{width}}  {row['state']:28}  {row['version']}")
+        before = last_languages(storage, cfg.name)
+        new = [code for code in cfg.languages if before is not None and code not in before]
+        if new:
+            print(f"new languages since the last run of {cfg.name}: {', '.join(new)}")
+            if args.notify:
+                from croco.events import languages_added
+
+                languages_added(cfg, args.config, new)
+        return 0
+    if args.command == "runs":
+        for run in storage.runs():
+            print(f"{run['run_id']}  {run['name']:12} {run['status']:9} {','.join(run['languages']):20} {len(run['versions'])} versions")
+        return 0
+    deleted, kept = storage.gc(args.keep, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for path in deleted:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(deleted)} versions; kept {len(kept)}")
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:

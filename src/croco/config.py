@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 
+STAGE_NAMES = ["prompts", "generate", "score", "pair", "sft", "dpo", "arena", "judge", "euroeval"]
+
 
 class _Section(BaseModel):
     # strict: "8" is not silently read as 8; extra="forbid": a misspelt key is an error, not ignored.
@@ -225,8 +227,28 @@ class EuroEvalConfig(_Section):
     extra_args: list[str] = Field([], description="More `euroeval` command-line arguments, passed as they are.")
 
 
+class StorageConfig(_Section):
+    root: str = Field(
+        "runs/store",
+        description="Where every stage version is kept: a local folder (relative to the working directory) or `s3://bucket/prefix` "
+        "(endpoint and credentials from the environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE).",
+    )
+
+
+class RetryConfig(_Section):
+    attempts: int = Field(0, ge=0, description="Retries after a failure (a config or input error is never retried).")
+    delay_s: float = Field(10.0, gt=0, description="Seconds before the first retry; each later retry waits twice as long.")
+
+
 class CrocoConfig(_Section):
-    run_dir: str = Field(description="Folder that holds every stage's output; relative paths are relative to the working directory.")
+    name: str = Field(
+        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the report and run records go to `<storage.root>/runs/<name>/`."
+    )
+    storage: StorageConfig = StorageConfig()
+    retries: dict[str, RetryConfig] = Field(
+        {"default": RetryConfig(attempts=1)},
+        description="Retries per stage (`generate`, `score`, ...), with `default` for the others; they never change a cache key.",
+    )
     seed: int = Field(42, description="Seed for subsampling, sampling and training.")
     languages: list[str] = Field(min_length=1, description="Languages to run, as croco language codes (see `croco languages`).")
     models: ModelsConfig
@@ -241,6 +263,16 @@ class CrocoConfig(_Section):
     judge: JudgeConfig = JudgeConfig()
     euroeval: EuroEvalConfig = EuroEvalConfig()
 
+    @field_validator("retries")
+    @classmethod
+    def _known_stages(cls, retries: dict[str, RetryConfig]) -> dict[str, RetryConfig]:
+        known = ["default", *STAGE_NAMES]
+        for name in retries:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise ValueError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}"))
+        return retries
+
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, codes: list[str]) -> list[str]:
@@ -252,15 +284,16 @@ class CrocoConfig(_Section):
         return codes
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> CrocoConfig:
-    """Read a YAML config, apply `key.path=value` overrides, and validate it all."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CrocoError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise CrocoError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None) -> CrocoConfig:
+    """Read a YAML config (or take its parsed `raw` content), apply `key.path=value` overrides, and validate it all."""
+    if raw is None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CrocoError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise CrocoError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise CrocoError(f"config file {path} must hold a mapping of keys to values")
     for override in overrides:
@@ -329,7 +362,7 @@ def config_reference() -> str:
                 in_list = getattr(annotation, "__origin__", None) is list
                 walk(inner, None if in_list or field.is_required() else default, key + ("[]." if in_list else "."))
                 continue
-            shown = "required" if field.is_required() else f"`{json.dumps(default)}`"
+            shown = "required" if field.is_required() else f"`{json.dumps(default, default=lambda section: section.model_dump())}`"
             rows.append(f"| `{key}` | {shown} | {field.description or ''} |")
 
     walk(CrocoConfig, None, "")

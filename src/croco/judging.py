@@ -1,11 +1,9 @@
-"""Pairwise judges and the judgment cache (docs: METHOD.md, stage 7).
+"""Pairwise judges (docs: METHOD.md, stage 7).
 
 A battle is one question answered by the evaluated model and by the baseline. An LLM judge
 sees the question and both answers in a given order and ends with [[1]], [[2]] or [[T]];
 the last verdict in its text counts. The reward judge scores both answers with a reward
-model and the higher reward wins. Every judgment is stored in an SQLite file keyed by the
-judge, the prompt template, the question, both answers and the order, so a killed run
-resumes and a change of statistics re-reads judgments instead of asking again.
+model and the higher reward wins.
 """
 
 from __future__ import annotations
@@ -13,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from croco.config import CrocoConfig, ModelConfig
 from croco.engines import SamplingParams, load_generator, load_scorer
-from croco.fileio import stable_hash
 
 SYSTEM_PROMPT = "You are a careful, impartial judge of answers written by AI assistants."
 JUDGE_PROMPT = """Compare two answers to the user's request below. The request and the answers may be in any language; judge them in the language of the request. Weigh helpfulness, correctness, depth and clarity, and whether the answer is written in the language of the request. Do not let the length of the answers or the order they are shown in sway you.
@@ -70,32 +65,6 @@ def judge_prompt(battle: Battle, allow_ties: bool) -> list[dict[str, str]]:
     first, second = (battle.model_answer, battle.baseline_answer) if battle.order == "model_first" else (battle.baseline_answer, battle.model_answer)
     text = JUDGE_PROMPT.format(question=battle.question, answer_1=first, answer_2=second, tie_option=TIE_OPTION if allow_ties else "")
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
-
-
-class JudgmentCache:
-    """Judgments on disk, one row per key, committed batch by batch."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, verdict TEXT NOT NULL)")
-
-    def get(self, keys: Iterable[str]) -> dict[str, Verdict]:
-        found = {}
-        for key in keys:
-            row = self.db.execute("SELECT verdict FROM judgments WHERE key = ?", (key,)).fetchone()
-            if row:
-                found[key] = Verdict(**json.loads(row[0]))
-        return found
-
-    def put(self, verdicts: dict[str, Verdict]) -> None:
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO judgments VALUES (?, ?)", [(k, json.dumps(v.__dict__, ensure_ascii=False)) for k, v in verdicts.items()]
-            )
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class LLMJudge:
@@ -156,7 +125,3 @@ class RewardJudge:
 
 def make_judge(cfg: CrocoConfig) -> LLMJudge | RewardJudge:
     return LLMJudge(cfg) if cfg.judge.kind == "llm" else RewardJudge(cfg)
-
-
-def battle_key(judge_identity: str, battle: Battle) -> str:
-    return stable_hash([judge_identity, battle.question, battle.model_answer, battle.baseline_answer, battle.order])

@@ -23,7 +23,7 @@ def prefetch(cfg: CrocoConfig) -> None:
         log.info("prefetch: model %s", model.path)
         snapshot_download(model.path, revision=model.revision)
     if cfg.arena.enabled:
-        from croco.stages.arena import load_questions
+        from croco.tasks.arena import load_questions
 
         log.info("prefetch: arena prompts %s (%s questions)", cfg.arena.prompts.path, len(load_questions(cfg)))
     if cfg.euroeval.enabled:
@@ -41,7 +41,7 @@ def _hub_models(cfg: CrocoConfig) -> list[ModelConfig]:
 
 def _prefetch_euroeval(cfg: CrocoConfig) -> None:
     from croco.languages import LANGUAGES
-    from croco.stages.euroeval import CLI_SCRIPT, check_datasets, dataset_table, run_in_euroeval
+    from croco.tasks.euroeval import CLI_SCRIPT, check_datasets, dataset_table, run_in_euroeval
 
     table = dataset_table(cfg)
     check_datasets(cfg, table)

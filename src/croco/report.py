@@ -1,55 +1,60 @@
-"""The run report: a Markdown page and plots in the run folder, built from the stage records."""
+"""The run report: a Markdown page and plots in `<root>/runs/<name>/`, built from the stage versions.
+
+It is also published as a Prefect artifact of the flow run, so the UI's run page shows it.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from croco.config import CrocoConfig
-from croco.pipeline import StageResult, summary_line
+from croco.plan import Plan
 from croco.records import SAMPLE, SAMPLE_KEY, SCORE
-from croco.fileio import write_atomic
-from croco.store import StageStore
+from croco.storage import Storage
+from croco.summaries import summary_line
 
 REPORT_FILE = "report.md"
 REWARD_PLOT = "rewards.png"
 
 
-def write_report(cfg: CrocoConfig, results: list[StageResult]) -> Path:
-    run_dir = Path(cfg.run_dir)
-    lines = [f"# croco run `{run_dir}`", "", "## Stages", ""]
-    lines += [f"- {summary_line(r.name, r.manifest)}{'' if r.ran else ' (finished earlier)'}" for r in results]
-    done = {r.name for r in results}
-    if "generate" in done:
-        lines += ["", "## Samples", "", *_sample_table(StageStore(run_dir, "generate").read(SAMPLE))]
-    if "score" in done:
-        scores = StageStore(run_dir, "score").read(SCORE)
+def run_folder(storage: Storage, cfg: CrocoConfig) -> str:
+    return f"{storage.root}/runs/{cfg.name}"
+
+
+def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict[str, dict], sections: dict[str, str]) -> tuple[str, str]:
+    """(report path, Markdown); `sections` are titled tables computed by the flow (arena win rates, EuroEval)."""
+    folder = run_folder(storage, cfg)
+    up = "../../"  # from runs/<name>/ back to the storage root, where the versions are
+    lines = [f"# croco run `{cfg.name}`", "", f"Storage: `{storage.uri}`", "", "## Stages", ""]
+    lines += [f"- {summary_line(unit, manifests[unit.id])}" for unit in plan.units]
+    generated = [storage.version_at(u.version_path) for u in plan.of("generate")]
+    scored = [storage.version_at(u.version_path) for u in plan.of("score")]
+    if generated:
+        samples = pa.concat_tables(v.read(SAMPLE, columns=["prompt_id", "language", "sample_index", "finish_reason", "completion_tokens"]) for v in generated)
+        lines += ["", "## Samples", "", *_sample_table(samples)]
+    if scored:
+        scores = pa.concat_tables(v.read(SCORE) for v in scored)
         lines += ["", "## Rewards", "", *_reward_table(scores), "", f"![rewards per language]({REWARD_PLOT})"]
-        _plot_rewards(scores, run_dir / REWARD_PLOT)
+        storage.put(f"{folder}/{REWARD_PLOT}", _plot_rewards(scores))
         lines += ["", "## Best and worst answer of the first prompt, per language", ""]
-        lines += _extremes(StageStore(run_dir, "generate").read(SAMPLE), scores)
-    manifests = {r.name: r.manifest for r in results}
-    if "pair" in manifests:
+        lines += _extremes(generated, scores)
+    for unit in plan.of("pair"):
         lines += ["", "## Pairs", "", "| product | records |", "|---|---:|"]
-        lines += [f"| {name} | {count} |" for name, count in manifests["pair"]["products"].items()]
+        lines += [f"| {name} | {count} |" for name, count in manifests[unit.id]["products"].items()]
     for stage in ("sft", "dpo"):
-        if stage in manifests:
-            lines += ["", *_training_section(stage, manifests[stage])]
-    for stage, title in (("judge", "Arena win rates"), ("euroeval", "EuroEval")):
-        if stage in manifests:
-            manifest = manifests[stage]
-            table = (run_dir / stage / manifest["results"]).read_text(encoding="utf-8")
-            lines += ["", f"## {title}", "", table.split("\n\nPer subcategory:")[0].strip(), "", f"Full table: `{stage}/{manifest['results']}`"]
-            if manifest.get("plot"):
-                lines += ["", f"![{title}]({stage}/{manifest['plot']})"]
-    path = run_dir / REPORT_FILE
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
-    return path
+        for unit in plan.of(stage):
+            lines += ["", *_training_section(stage, manifests[unit.id], up + unit.version_path + "/files/")]
+    for title, markdown in sections.items():
+        lines += ["", f"## {title}", "", markdown.strip()]
+    text = "\n".join(lines) + "\n"
+    storage.put(f"{folder}/{REPORT_FILE}", text.encode())
+    return storage.uri_of(f"{folder}/{REPORT_FILE}"), text
 
 
-def _training_section(stage: str, manifest: dict) -> list[str]:
+def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
     provenance = "off-policy pairs (another model's samples)" if manifest["settings"]["off_policy"] else "on-policy pairs"
     evaluated = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in manifest["eval"].items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k)
     lines = [
@@ -61,7 +66,7 @@ def _training_section(stage: str, manifest: dict) -> list[str]:
     if evaluated:
         lines += ["", f"Held out: {evaluated}."]
     lines += ["", f"Adapter: `{manifest['adapter']}`", ""]
-    lines += [f"![{plot}]({stage}/{plot})" for plot in manifest["plots"]]
+    lines += [f"![{plot}]({files}{plot})" for plot in manifest["plots"]]
     return lines
 
 
@@ -92,13 +97,19 @@ def _reward_table(scores: pa.Table) -> list[str]:
     return rows
 
 
-def _extremes(samples: pa.Table, scores: pa.Table) -> list[str]:
-    joined = scores.join(samples.select([*SAMPLE_KEY, "prompt", "response"]), keys=list(SAMPLE_KEY)).to_pylist()
+def _extremes(generated: list, scores: pa.Table) -> list[str]:
+    """Only the first prompt's samples of each language are read with their texts."""
     lines = []
-    for language in sorted({r["language"] for r in joined}):
-        rows = [r for r in joined if r["language"] == language]
-        first = min(r["prompt_id"] for r in rows)
-        pool = sorted((r for r in rows if r["prompt_id"] == first), key=lambda r: (-r["reward"], r["sample_index"]))
+    for version in generated:
+        shard = version.shard_names()[0]
+        samples = version.read_shard(shard, SAMPLE, columns=[*SAMPLE_KEY, "prompt", "response"])
+        first = min(samples["prompt_id"].to_pylist())
+        samples = samples.filter(pc.equal(samples["prompt_id"], first))
+        rows = scores.join(samples, keys=list(SAMPLE_KEY), join_type="inner").to_pylist()
+        if not rows:
+            continue
+        language = rows[0]["language"]
+        pool = sorted(rows, key=lambda r: (-r["reward"], r["sample_index"]))
         lines += [f"**{language} / {first}**: {_quote(pool[0]['prompt'])}", ""]
         lines += [f"- best ({pool[0]['reward']:.2f}): {_quote(pool[0]['response'])}"]
         if len(pool) > 1:
@@ -112,7 +123,7 @@ def _quote(text: str, limit: int = 240) -> str:
     return (flat[:limit] + "…") if len(flat) > limit else flat
 
 
-def _plot_rewards(scores: pa.Table, path: Path) -> None:
+def _plot_rewards(scores: pa.Table) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +137,7 @@ def _plot_rewards(scores: pa.Table, path: Path) -> None:
     ax.set_ylabel("reward (raw logit)")
     ax.set_title("Reward of every sample, per language")
     fig.tight_layout()
-    fig.savefig(path.with_name(path.name + ".tmp.png"), dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    path.with_name(path.name + ".tmp.png").replace(path)
+    return buffer.getvalue()

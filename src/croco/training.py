@@ -7,8 +7,9 @@ TRL does the training; this module only wires the paper's settings into it:
 - LoRA on the configured modules; on a GPU bf16, FlashAttention 2 where installed and
   gradient checkpointing; on a CPU full precision, the same code path;
 - checkpoints every `save_steps`: a killed run resumes from the last one;
-- the output folder holds the adapter, the tokenizer, the resolved config, the metrics
-  history and PNG plots.
+- training runs in a local work folder keyed by the version (checkpoints stay there until
+  the adapter is saved); the version's files/ then receive the adapter with its tokenizer,
+  the resolved config, the metrics history and PNG plots.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 import yaml
 
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
+from croco.embedded import cache_dir
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
-from croco.store import StageStore
+from croco.records import DPO, SFT
+from croco.storage import Version
 
 log = logging.getLogger("croco")
 
@@ -46,8 +49,16 @@ def provenance(cfg: CrocoConfig) -> dict[str, Any]:
     return {"base": model_identity(base), "off_policy": base.path != cfg.models.policy.path or base.adapter != cfg.models.policy.adapter}
 
 
-def examples(pair_store: StageStore, product: str) -> datasets.Dataset:
-    return datasets.Dataset.from_parquet(str(pair_store.path / f"{product}.parquet"))
+def examples(pairs: Version, product: str) -> datasets.Dataset:
+    table = pairs.read_shard(product, SFT if product.startswith("sft") else DPO)
+    return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+def workdir(out: Version) -> Path:
+    """Local folder for checkpoints and outputs before upload: a killed run resumes from it."""
+    folder = cache_dir() / "work" / out.relative
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def drop_long_prompts(dataset: datasets.Dataset, tokenizer, limit: int, prompt_of: Callable[[dict], list]) -> tuple[datasets.Dataset, int]:
@@ -84,11 +95,11 @@ def lora(settings: TrainingConfig):
     )
 
 
-def arguments(settings: TrainingConfig, out: StageStore, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
+def arguments(settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig."""
     gpu = device.type == "cuda"
     return {
-        "output_dir": str(out.path / CHECKPOINT_DIR),
+        "output_dir": str(folder / CHECKPOINT_DIR),
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler,
         "max_length": settings.max_length,
@@ -115,8 +126,8 @@ def arguments(settings: TrainingConfig, out: StageStore, seed: int, device: torc
 def fit(
     cfg: CrocoConfig,
     settings: TrainingConfig,
-    out: StageStore,
-    pairs: StageStore,
+    out: Version,
+    pairs: Version,
     product: str,
     prompt_of: Callable[[dict], list],
     columns: list[str],
@@ -124,7 +135,8 @@ def fit(
     plots: dict[str, str],
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
-    (out.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
+    folder = workdir(out)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)
@@ -132,7 +144,7 @@ def fit(
     device = pick_device("auto")
     trainer = make_trainer(
         model=load_base(cfg, device),
-        arguments=arguments(settings, out, cfg.seed, device, held_out is not None),
+        arguments=arguments(settings, folder, cfg.seed, device, held_out is not None),
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
@@ -143,25 +155,36 @@ def fit(
         "records_out": len(train),
         "held_out": len(held_out) if held_out is not None else 0,
         "skipped": {"prompt_too_long": dropped} if dropped else {},
-        **train_and_save(trainer, tokenizer, out, plots),
-    }
+        **train_and_save(trainer, tokenizer, folder, plots),
+    } | upload(folder, out)
 
 
-def train_and_save(trainer, tokenizer, out: StageStore, plots: dict[str, str]) -> dict[str, Any]:
+def upload(folder: Path, out: Version) -> dict[str, Any]:
+    """Copy the outputs into the version, then drop the local work folder."""
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            out.put_folder(path, path.name)
+        else:
+            out.put_file(path.name, path.read_bytes())
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"adapter": out.file_uri(ADAPTER_DIR)}
+
+
+def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> dict[str, Any]:
     """Train (resuming from the last checkpoint if a run was killed), then save adapter, metrics and plots."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    checkpoints = out.path / CHECKPOINT_DIR
+    checkpoints = folder / CHECKPOINT_DIR
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
-        log.info("%s: resuming from %s", out.name, last)
+        log.info("%s: resuming from %s", folder.name, last)
     trainer.train(resume_from_checkpoint=last)
-    trainer.model.save_pretrained(out.path / ADAPTER_DIR)
-    tokenizer.save_pretrained(out.path / ADAPTER_DIR)
+    trainer.model.save_pretrained(folder / ADAPTER_DIR)
+    tokenizer.save_pretrained(folder / ADAPTER_DIR)
     shutil.rmtree(checkpoints, ignore_errors=True)  # only needed to resume; the adapter above is the result
     history = trainer.state.log_history
-    (out.path / METRICS_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
-    drawn = plot_metrics(history, plots, out.path)
+    (folder / METRICS_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
+    drawn = plot_metrics(history, plots, folder)
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return {
         "steps": trainer.state.global_step,
@@ -169,7 +192,6 @@ def train_and_save(trainer, tokenizer, out: StageStore, plots: dict[str, str]) -
         "final_loss": losses[-1] if losses else None,
         "eval": next(({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}),
         "plots": drawn,
-        "adapter": str(out.path / ADAPTER_DIR),
     }
 
 

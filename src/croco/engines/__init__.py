@@ -54,6 +54,11 @@ class RewardScorer(Protocol):
         ...
 
 
+def engine_identity(engine: EngineConfig) -> dict[str, str | None]:
+    """What of an engine shapes its output (its kind and the served model), not where or how fast it runs."""
+    return {"name": engine.name, "served_model": engine.served_model} if engine.name == "openai" else {"name": engine.name}
+
+
 def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
     if engine.name == "openai":
         from croco.engines.openai_engine import OpenAIGenerator

@@ -1,4 +1,4 @@
-"""Stage 2: the reward model scores every sample.
+"""Stage 2: the reward model scores every sample of one language.
 
 The conversation scored is [user: the prompt as sent, assistant: the response], rendered
 with the reward model's own chat template. The reward is the classifier's raw logit.
@@ -12,33 +12,46 @@ import time
 from collections import Counter
 from typing import Any
 
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.engines import load_scorer
 from croco.models import model_identity
+from croco.plan import Unit
 from croco.records import SAMPLE, SCORE, SKIPPED
-from croco.stages import throughput
-from croco.store import StageStore
+from croco.storage import Version
+from croco.tasks import always, per_language, throughput
 
 NAME = "score"
-INPUT = "generate"
+CODE_VERSION = "1"
+
+enabled = always
+units = per_language
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
-    return {"reward": model_identity(cfg.models.reward), "score": cfg.score.model_dump()}
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [f"generate/{language}"]
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
+    return {"language": language, "reward": model_identity(cfg.models.reward), "score": cfg.score.model_dump(exclude={"engine"})}
+
+
+@stage_task
+def score(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     # Score shard i holds the scores of generate shard i, so resume works shard by shard here too.
-    shards = upstream.shard_indices()
-    todo = [i for i in shards if not out.has_shard(i)]
+    upstream = inputs[f"generate/{unit.language}"]
+    shards = upstream.shard_names()
+    finished = out.finished_shards()
+    todo = [i for i in shards if i not in finished]
 
     work_s, new_samples, new_tokens = 0.0, 0, 0
     if todo:
         scorer = load_scorer(cfg.score.engine, cfg.models.reward)
         total = sum(upstream.read_shard(i, SAMPLE).num_rows for i in todo)
-        with tqdm(total=total, unit="sample", desc="score", dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="sample", desc=f"score {unit.language}", dynamic_ncols=True) as bar:
             for index in todo:
                 samples = upstream.read_shard(index, SAMPLE).to_pylist()
                 started = time.perf_counter()
@@ -52,9 +65,11 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
                 new_samples += len(samples)
                 new_tokens += sum(s.num_tokens for s in scores if s.reward is not None)
 
-    skipped_reasons = Counter(out.read_skipped(SKIPPED)["reason"].to_pylist())
-    scored_total = out.read(SCORE, columns=["reward"]).num_rows
+    skipped_reasons = Counter(out.read(SKIPPED, skipped=True)["reason"].to_pylist())
+    rewards = out.read(SCORE, columns=["reward"])["reward"]
+    scored_total = len(rewards)
     return {
+        "reward_stats": {name: round(float(pc.call_function(name, [rewards]).as_py() or 0.0), 4) for name in ("mean", "stddev", "min", "max")} if scored_total else {},
         "records_in": scored_total + sum(skipped_reasons.values()),
         "records_out": scored_total,
         "skipped": dict(skipped_reasons),

@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from croco import training
+from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.store import StageStore
+from croco.plan import Unit
+from croco.storage import ALL_LANGUAGES, Version
+from croco.tasks import across_languages
 
 NAME = "sft"
-INPUT = "pair"
+CODE_VERSION = "1"
+PAIRS = f"pair/{ALL_LANGUAGES}"
+
+units = across_languages
 PLOTS = {"loss": "SFT loss", "grad_norm": "gradient norm", "mean_token_accuracy": "mean token accuracy"}
 
 
@@ -17,16 +23,21 @@ def enabled(cfg: CrocoConfig) -> bool:
     return cfg.sft.enabled
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [PAIRS]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     return {"sft": cfg.sft.model_dump(), "seed": cfg.seed, **training.provenance(cfg)}
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
+@stage_task
+def sft(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     def make_trainer(arguments: dict, **parts) -> SFTTrainer:
         return SFTTrainer(args=SFTConfig(**arguments), **parts)
 
     return training.fit(
-        cfg, cfg.sft, out, upstream, f"sft_{cfg.sft.pairs}", lambda row: row["messages"][:1], ["messages"], make_trainer, PLOTS
+        cfg, cfg.sft, out, inputs[PAIRS], f"sft_{cfg.sft.pairs}", lambda row: row["messages"][:1], ["messages"], make_trainer, PLOTS
     )

@@ -1,4 +1,13 @@
-"""The pipeline's stages, one module each, in the order they run (see croco.pipeline)."""
+"""The pipeline's stages, one module each, in the order they run (croco.plan lists them).
+
+Each module holds the stage's Prefect task (croco.caching.stage_task: cached on the unit key,
+retried, callable as `task.fn(cfg, unit)` without a server) and says, for croco.plan, which
+units the stage has (`units`), which versions a unit reads (`inputs`), and what shapes its
+output (`settings`, with `CODE_VERSION`, bumped whenever the stage's output would change).
+"""
+
+from croco.config import CrocoConfig
+from croco.storage import ALL_LANGUAGES
 
 # One line per stage for `croco --help`, without importing the stages (and torch with them).
 STAGE_DOCS = {
@@ -19,3 +28,15 @@ def throughput(samples: int, tokens: int, seconds: float) -> dict[str, float]:
     if not samples or seconds <= 0:
         return {}
     return {"samples_per_s": round(samples / seconds, 3), "tokens_per_s": round(tokens / seconds, 2), "seconds": round(seconds, 2)}
+
+
+def per_language(cfg: CrocoConfig) -> list[tuple[str, None]]:
+    return [(code, None) for code in cfg.languages]
+
+
+def across_languages(cfg: CrocoConfig) -> list[tuple[str, None]]:
+    return [(ALL_LANGUAGES, None)]
+
+
+def always(cfg: CrocoConfig) -> bool:
+    return True

@@ -1,9 +1,10 @@
-"""Stage 1: the policy answers every prompt `num_samples` times (its self-generations).
+"""Stage 1: the policy answers every prompt of one language `num_samples` times (its self-generations).
 
 The first user message of each conversation is sent, optionally with an instruction to
 answer in the prompt's language; both the original and the sent text are kept. Prompts are
-cut into shards; each shard has its own seed, so a resumed run samples exactly what an
-uninterrupted one would.
+cut into shards; each shard has its own seed, drawn from the run seed, the language and the
+shard's number, so a resumed run samples exactly what an uninterrupted one would, whichever
+other languages the run has.
 """
 
 from __future__ import annotations
@@ -15,21 +16,36 @@ from typing import Any
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.engines import SamplingParams, load_generator
+from croco.engines import SamplingParams, engine_identity, load_generator
 from croco.fileio import stable_hash
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.models import model_identity
-from croco.records import PROMPT, SAMPLE, SKIPPED
-from croco.stages import throughput
-from croco.store import StageStore
+from croco.plan import Unit
+from croco.records import PROMPT, SAMPLE
+from croco.storage import Version
+from croco.tasks import always, per_language, throughput
 
 NAME = "generate"
-INPUT = "prompts"
+CODE_VERSION = "1"
+
+enabled = always
+units = per_language
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
-    return {"policy": model_identity(cfg.models.policy), "generate": cfg.generate.model_dump(), "seed": cfg.seed}
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [f"prompts/{language}"]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
+    return {
+        "language": language,
+        "policy": model_identity(cfg.models.policy),
+        "engine": engine_identity(cfg.generate.engine),
+        "generate": cfg.generate.model_dump(exclude={"engine"}),
+        "seed": cfg.seed,
+    }
 
 
 def prompt_to_send(prompt: str, language: str, respond_in_language: bool) -> str:
@@ -38,27 +54,33 @@ def prompt_to_send(prompt: str, language: str, respond_in_language: bool) -> str
     return f"{prompt}\n\n{LANGUAGE_INSTRUCTION.format(language=LANGUAGES[language].name)}"
 
 
-def shard_seed(seed: int, shard: int) -> int:
-    return int(stable_hash([seed, shard]), 16) % 2**31
+def shard_seed(seed: int, language: str, shard: int) -> int:
+    return int(stable_hash([seed, language, shard]), 16) % 2**31
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+@stage_task
+def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     settings_ = cfg.generate
-    prompts = upstream.read(PROMPT).to_pylist()
+    prompts = inputs[f"prompts/{unit.language}"].read(PROMPT).to_pylist()
     shards = [prompts[i : i + settings_.prompts_per_shard] for i in range(0, len(prompts), settings_.prompts_per_shard)]
-    todo = [i for i in range(len(shards)) if not out.has_shard(i)]
+    finished = out.finished_shards()
+    todo = [i for i in range(len(shards)) if shard_name(i) not in finished]
     resumed = len(shards) - len(todo)
 
     work_s, new_samples, new_tokens = 0.0, 0, 0
     if todo:
         generator = load_generator(settings_.engine, cfg.models.policy)
         total = sum(len(shards[i]) for i in todo) * settings_.num_samples
-        with tqdm(total=total, unit="sample", desc="generate", dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="sample", desc=f"generate {unit.language}", dynamic_ncols=True) as bar:
             for index in todo:
                 started = time.perf_counter()
-                records = _generate_shard(generator, shards[index], cfg, shard_seed(cfg.seed, index), bar.update)
+                records = _generate_shard(generator, shards[index], cfg, shard_seed(cfg.seed, unit.language, index), bar.update)
                 work_s += time.perf_counter() - started
-                out.write_shard(index, records, SAMPLE, [], SKIPPED)
+                out.write_shard(shard_name(index), records, SAMPLE)
                 new_samples += len(records)
                 new_tokens += sum(r["completion_tokens"] for r in records)
 
@@ -66,6 +88,7 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
     return {
         "records_in": len(prompts),
         "records_out": written.num_rows,
+        "samples_generated_now": new_samples,
         "skipped": {},
         "shards": len(shards),
         "shards_resumed": resumed,

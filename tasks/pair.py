@@ -2,10 +2,10 @@
 
 Writes four training sets in TRL's conversational format, each loadable with `datasets`:
 
-    pair/sft_in_language.parquet     best answer per (prompt, language)
-    pair/dpo_in_language.parquet     best vs. near-target answer per (prompt, language)
-    pair/sft_all_languages.parquet   best answer per prompt across languages, prompt in its language
-    pair/dpo_all_languages.parquet   best vs. near-target answer per prompt across languages
+    data/part-sft_in_language.parquet     best answer per (prompt, language)
+    data/part-dpo_in_language.parquet     best vs. near-target answer per (prompt, language)
+    data/part-sft_all_languages.parquet   best answer per prompt across languages, prompt in its language
+    data/part-dpo_all_languages.parquet   best vs. near-target answer per prompt across languages
 
 Only ids and rewards are held in memory for the selection; the texts of the selected
 samples are then read from the generate stage's shards.
@@ -19,22 +19,38 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.errors import CrocoError
 from croco.pairing import PRODUCTS, ScoredSamples, build_products
+from croco.plan import Unit
 from croco.records import DPO, SAMPLE, SCORE, SFT
-from croco.store import StageStore
+from croco.storage import Version
+from croco.tasks import across_languages, always
 
 NAME = "pair"
-INPUT = "score"
+CODE_VERSION = "1"
+
+enabled = always
+units = across_languages
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [f"{stage}/{code}" for code in cfg.languages for stage in ("generate", "score")]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     return {"pair": cfg.pair.model_dump(), "languages": cfg.languages, "seed": cfg.seed}
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
-    scores = upstream.read(SCORE, columns=["prompt_id", "language", "sample_index", "reward"])
+def product_schema(name: str) -> pa.Schema:
+    return SFT if name.startswith("sft") else DPO
+
+
+@stage_task
+def pair(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
+    columns = ["prompt_id", "language", "sample_index", "reward"]
+    scores = pa.concat_tables(inputs[f"score/{code}"].read(SCORE, columns=columns) for code in cfg.languages)
     prompt_ids = np.array(pc.unique(scores["prompt_id"]).to_pylist(), dtype=object)
     samples = ScoredSamples(
         prompt_ids=prompt_ids,
@@ -45,13 +61,13 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
         reward=scores["reward"].to_numpy(),
     )
     _check_one_reward_per_sample(samples)
-    generate = StageStore(out.path.parent, "generate")
+    generated = [inputs[f"generate/{code}"] for code in cfg.languages]
     text_column = "prompt_sent" if cfg.pair.prompt_text == "sent" else "prompt"
     products, skipped = build_products(
-        samples, cfg.pair.target, cfg.pair.k, cfg.pair.prompt_source, cfg.seed, lambda rows: _fetch(generate, samples, rows, text_column)
+        samples, cfg.pair.target, cfg.pair.k, cfg.pair.prompt_source, cfg.seed, lambda rows: _fetch(generated, samples, rows, text_column)
     )
     for name in PRODUCTS:
-        out.write_table(name, products[name], SFT if name.startswith("sft") else DPO)
+        out.write_shard(name, products[name], product_schema(name))
     return {
         "records_in": scores.num_rows,
         "records_out": sum(len(records) for records in products.values()),
@@ -65,7 +81,7 @@ def _check_one_reward_per_sample(samples: ScoredSamples) -> None:
     unique, counts = np.unique(key, return_counts=True)
     if (counts > 1).any():
         row = int(np.flatnonzero(key == unique[counts > 1][0])[0])
-        raise CrocoError(f"the score stage holds two rewards for {samples.describe(row)}; rerun `croco score --force`")
+        raise CrocoError(f"the score stage holds two rewards for {samples.describe(row)}; delete that score version (`croco plan` lists it) and run again")
 
 
 def _codes(column, values: np.ndarray) -> np.ndarray:
@@ -74,7 +90,7 @@ def _codes(column, values: np.ndarray) -> np.ndarray:
     return codes.to_numpy().astype(np.int64)
 
 
-def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_column: str) -> dict[int, tuple[str, str]]:
+def _fetch(generated: list[Version], samples: ScoredSamples, rows: np.ndarray, text_column: str) -> dict[int, tuple[str, str]]:
     """Read the prompt and response of the given rows, one generate shard at a time."""
     if not len(rows):
         return {}
@@ -82,8 +98,8 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
     order = np.argsort(wanted)
     wanted_sorted, rows_sorted = wanted[order], rows[order]
     texts: dict[int, tuple[str, str]] = {}
-    for index in generate.shard_indices():
-        shard = generate.read_shard(index, SAMPLE).select(["prompt_id", "language", "sample_index", text_column, "response"])
+    for generate, index in ((version, name) for version in generated for name in version.shard_names()):
+        shard = generate.read_shard(index, SAMPLE, columns=["prompt_id", "language", "sample_index", text_column, "response"])
         prompt = _codes(shard["prompt_id"], samples.prompt_ids)
         language = _codes(shard["language"], np.array(samples.languages, dtype=object))
         keys = np.where((prompt >= 0) & (language >= 0), samples.sample_key(prompt, language, shard["sample_index"].to_numpy().astype(np.int64)), -1)
@@ -94,5 +110,5 @@ def _fetch(generate: StageStore, samples: ScoredSamples, rows: np.ndarray, text_
             texts[int(rows_sorted[position[hit]])] = (prompt, response)
     missing = [int(row) for row in rows if int(row) not in texts]
     if missing:
-        raise CrocoError(f"{samples.describe(missing[0])} has a score but no generated answer; rerun `croco score --force`")
+        raise CrocoError(f"{samples.describe(missing[0])} has a score but no generated answer; delete that score version (`croco plan` lists it) and run again")
     return texts

@@ -1,47 +1,58 @@
-"""Stage 7: judge every evaluated model's arena answers against the baseline's, and score them.
+"""Stage 7: judge every evaluated model's arena answers in one language against the baseline's.
 
-By default each pair is judged in both orders (arena-hard-auto, MT-Bench) and the report says
+By default each pair is judged in both orders (arena-hard-auto, MT-Bench) and the results say
 how often the two orders disagree; `judge.orders: coin` is the paper's protocol, one order per
-question by a seeded coin. Judgments go through an on-disk cache (RUN_DIR/cache/judgments.sqlite),
-written batch by batch, so a killed run resumes where it stopped and changing the statistics
-settings recomputes the tables without asking the judge again.
+question by a seeded coin. Judgments are written in shards of a fixed size, so a killed run
+resumes from its finished shards. The win-rate tables are computed across languages by
+`results`, which the evaluation flow calls after the judge units: changing the tie rule or the
+bootstrap settings recomputes the tables without asking the judge again.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from croco.arena_stats import summarize
+from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.contestants import contestants
-from croco.fileio import stable_hash, write_atomic
-from croco.judging import Battle, JudgmentCache, Verdict, battle_key, make_judge
-from croco.records import ARENA_ANSWER, JUDGMENT, SKIPPED
-from croco.store import StageStore
+from croco.contestants import contestant_names
+from croco.fileio import stable_hash
+from croco.judging import Battle, Verdict, make_judge
+from croco.plan import Unit
+from croco.records import ARENA_ANSWER, JUDGMENT
+from croco.storage import Version
 
 log = logging.getLogger("croco")
 
 NAME = "judge"
-INPUT = "arena"
-CACHE_FILE = Path("cache") / "judgments.sqlite"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-PLOT = "win_rates.png"
+CODE_VERSION = "1"
+JUDGMENTS_PER_SHARD = 64  # fixed, so a resumed run cuts its work exactly as the killed one did
+VERDICT_SETTINGS = ("kind", "orders", "allow_ties", "temperature", "max_new_tokens", "max_len")
 
 
 def enabled(cfg: CrocoConfig) -> bool:
     return cfg.arena.enabled and cfg.judge.enabled
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
-    return {"judge": make_judge(cfg).identity(), "settings": cfg.judge.model_dump(), "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
+def units(cfg: CrocoConfig) -> list[tuple[str, None]]:
+    from croco.tasks import arena
+
+    return [(code, None) for code in dict.fromkeys(code for code, _ in arena.units(cfg))]
+
+
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [f"arena/{language}/{name}" for name in contestant_names(cfg)]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
+    verdicts = {key: getattr(cfg.judge, key) for key in VERDICT_SETTINGS}
+    return {"language": language, "judge": make_judge(cfg).identity(), "settings": verdicts, "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
 
 
 def battles(cfg: CrocoConfig, answers: list[dict]) -> list[tuple[dict, Battle]]:
@@ -69,47 +80,35 @@ def _orders(cfg: CrocoConfig, language: str, question_id: str) -> list[str]:
     return ["model_first" if coin else "baseline_first"]
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
-    models = contestants(cfg)
-    answers = upstream.read(ARENA_ANSWER).to_pylist()
+@stage_task
+def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
+    answers = [a for version in inputs.values() for a in version.read(ARENA_ANSWER).to_pylist()]
     todo = battles(cfg, answers)
-    judge = make_judge(cfg)
-    judge_id = stable_hash(judge.identity())
-    keys = [battle_key(judge_id, battle) for _, battle in todo]
-    cache = JudgmentCache(Path(cfg.run_dir) / CACHE_FILE)
-    try:
-        verdicts = cache.get(keys)
-        cached = len(verdicts)
-        missing = [i for i, key in enumerate(keys) if key not in verdicts]
-        batch = max(cfg.judge.engine.concurrency, cfg.judge.engine.batch_size) * 2
-        with tqdm(total=len(missing), unit="judgment", desc="judge", dynamic_ncols=True) as bar:
-            for start in range(0, len(missing), batch):
-                chunk = missing[start : start + batch]
-                new = dict(zip((keys[i] for i in chunk), judge.judge([todo[i][1] for i in chunk], bar.update)))
-                cache.put(new)  # committed before the next batch: a kill loses at most this batch
-                verdicts |= new
-    finally:
-        cache.close()
-
-    records = [_record(fields, verdicts[key]) for (fields, _), key in zip(todo, keys)]
-    out.write_shard(0, records, JUDGMENT, [], SKIPPED)
-    rows = summarize(records, cfg.judge.ties, cfg.judge.bootstrap_rounds, cfg.seed)
-    write_atomic(out.path / RESULTS_JSON, json.dumps(rows, indent=2).encode())
-    table = results_table(rows, cfg)
-    write_atomic(out.path / RESULTS_MD, ("\n".join(table) + "\n").encode())
-    plot_win_rates(rows, out.path / PLOT)
-    log.info("judge: win rates against %s, per language (ties count %s)\n%s", cfg.evaluate.baseline, cfg.judge.ties, "\n".join(table))
-    unparseable = Counter(r["unparseable"] for r in records if r["unparseable"])
+    shards = {f"{i // JUDGMENTS_PER_SHARD:05d}": todo[i : i + JUDGMENTS_PER_SHARD] for i in range(0, len(todo), JUDGMENTS_PER_SHARD)}
+    finished = out.finished_shards()
+    missing = [name for name in shards if name not in finished]
+    judge_ = make_judge(cfg)
+    with tqdm(total=sum(len(shards[n]) for n in missing), unit="judgment", desc=f"judge {unit.language}", dynamic_ncols=True) as bar:
+        for name in missing:
+            verdicts = judge_.judge([battle for _, battle in shards[name]], bar.update)
+            out.write_shard(name, [_record(fields, verdict) for (fields, _), verdict in zip(shards[name], verdicts)], JUDGMENT)
+    records = out.read(JUDGMENT, columns=["unparseable"]).to_pylist()
     return {
         "records_in": len(todo),
         "records_out": len(records),
-        "skipped": dict(unparseable),
-        "judged_now": len(missing),
-        "from_cache": cached,
-        "models": [m for m in models if m != cfg.evaluate.baseline],
-        "results": RESULTS_MD,
-        "plot": PLOT,
+        "skipped": dict(Counter(r["unparseable"] for r in records if r["unparseable"])),
+        "judged_now": sum(len(shards[n]) for n in missing),
+        "models": [m for m in contestant_names(cfg) if m != cfg.evaluate.baseline],
     }
+
+
+def results(cfg: CrocoConfig, judged: list[Version]) -> dict[str, Any]:
+    """Win rates over every judged language: the rows, the Markdown table and the plot (PNG bytes)."""
+    records = [r for version in judged for r in version.read(JUDGMENT).to_pylist()]
+    rows = summarize(records, cfg.judge.ties, cfg.judge.bootstrap_rounds, cfg.seed)
+    table = results_table(rows, cfg)
+    log.info("judge: win rates against %s, per language (ties count %s)\n%s", cfg.evaluate.baseline, cfg.judge.ties, "\n".join(table))
+    return {"rows": rows, "markdown": "\n".join(table) + "\n", "plot": plot_win_rates(rows)}
 
 
 def _record(fields: dict, verdict: Verdict) -> dict:
@@ -147,7 +146,7 @@ def results_table(rows: list[dict], cfg: CrocoConfig) -> list[str]:
     return [note, "", *header, *overall, "", "Per subcategory:", "", *header, *detail]
 
 
-def plot_win_rates(rows: list[dict], path: Path) -> None:
+def plot_win_rates(rows: list[dict]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +175,7 @@ def plot_win_rates(rows: list[dict], path: Path) -> None:
     else:
         ax.text(0.5, 0.5, "no parseable judgments", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    return buffer.getvalue()

@@ -1,9 +1,11 @@
-"""Stage: load the prompts (local JSON/JSONL or a Hugging Face dataset) into prompt records.
+"""Stage: load the prompts of one language (local JSON/JSONL or a Hugging Face dataset).
 
 Each record needs a stable prompt id (shared by all translations of one conversation), a
 language and a `messages` list with at least one user turn. A record that breaks a rule
 stops the run with its file and line, or, with `data.on_invalid: reject`, is written to
-rejects.jsonl with its reason and counted. Records in languages the run does not select
+files/rejects.jsonl with its reason and counted. A unit reads only the sources that can hold
+its language (those with its `language`, or with none), so adding a language or a source
+for another language leaves this language's version as it is; records of other languages
 are counted, not kept.
 """
 
@@ -11,54 +13,71 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections import Counter
 from typing import Any
 
+from croco.caching import stage_task
 from croco.config import CrocoConfig, DataSource
 from croco.errors import CrocoError
+from croco.fileio import stable_hash
 from croco.languages import LANGUAGES
-from croco.records import PROMPT, SKIPPED
+from croco.plan import Unit
+from croco.records import PROMPT
 from croco.sources import Malformed, fingerprint, read_source
-from croco.store import StageStore
+from croco.storage import Version
+from croco.tasks import always, per_language
 
 log = logging.getLogger("croco")
 
 NAME = "prompts"
-INPUT = None
+CODE_VERSION = "1"
 ROLES = {"system", "user", "assistant"}
 REJECTS_FILE = "rejects.jsonl"
+
+enabled = always
+units = per_language
 
 
 class InvalidRecord(Exception):
     pass
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return []
+
+
+def sources_for(cfg: CrocoConfig, language: str) -> list[DataSource]:
+    return [source for source in cfg.data.sources if source.language in (None, language)]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
+    sources = sources_for(cfg, language)
     return {
-        "data": cfg.data.model_dump(),
-        "languages": cfg.languages,
+        "language": language,
+        "sources": [source.model_dump() for source in sources],
+        "data": cfg.data.model_dump(exclude={"sources"}),
         "seed": cfg.seed,
-        "inputs": [fingerprint(source) for source in cfg.data.sources],
+        "inputs": [fingerprint(source) for source in sources],
     }
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
-    kept: dict[tuple[str, str], dict] = {}
+@stage_task
+def prompts(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
+    kept: dict[str, dict] = {}
     rejects: list[dict] = []
     skipped: Counter[str] = Counter()
     records_in = 0
-    for source in cfg.data.sources:
+    for source in sources_for(cfg, unit.language):
         for location, raw in read_source(source):
             records_in += 1
             try:
                 record = _validate(raw, source, cfg, location)
-                if record["language"] not in cfg.languages:
-                    skipped["language_not_selected"] += 1
+                if record["language"] != unit.language:
+                    skipped["other_language"] += 1
                     continue
-                key = (record["prompt_id"], record["language"])
+                key = record["prompt_id"]
                 if key in kept:
-                    raise InvalidRecord(f"duplicate prompt id {key[0]!r} in language {key[1]!r} (first seen at {kept[key]['source']})")
+                    raise InvalidRecord(f"duplicate prompt id {key!r} in language {unit.language!r} (first seen at {kept[key]['source']})")
             except InvalidRecord as problem:
                 if cfg.data.on_invalid == "error":
                     raise CrocoError(f"{location}: {problem}; fix the record or set data.on_invalid: reject to set such records aside") from None
@@ -67,31 +86,21 @@ def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[
                 continue
             kept[key] = record
 
-    records = _subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped)
-    missing = [code for code in cfg.languages if not any(r["language"] == code for r in records)]
-    if missing and records:
-        log.warning("prompts: no prompts for %s in %s", ", ".join(missing), ", ".join(s.path for s in cfg.data.sources))
+    records = sorted(_subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped), key=lambda r: r["prompt_id"])
     if not records:
-        raise CrocoError(f"no prompts left in {', '.join(s.path for s in cfg.data.sources)} for languages {', '.join(cfg.languages)}")
-    order = {code: i for i, code in enumerate(cfg.languages)}
-    records.sort(key=lambda r: (order[r["language"]], r["prompt_id"]))
-    (out.path / REJECTS_FILE).write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects), encoding="utf-8")
-    out.write_shard(0, records, PROMPT, [], SKIPPED)
-    return {
-        "records_in": records_in,
-        "records_out": len(records),
-        "skipped": dict(skipped),
-        "per_language": dict(Counter(r["language"] for r in records)),
-        "languages_without_prompts": missing,
-    }
+        paths = ", ".join(s.path for s in sources_for(cfg, unit.language)) or "no source (every data.sources entry names another language)"
+        raise CrocoError(f"no prompts in language {unit.language!r} in {paths}; add a source for it or remove it from languages")
+    out.put_file(REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects).encode())
+    out.write_shard("00000", records, PROMPT)
+    return {"records_in": records_in, "records_out": len(records), "skipped": dict(skipped)}
 
 
 def _subsample(records: list[dict], size: int | None, seed: int, skipped: Counter[str]) -> list[dict]:
-    ids = sorted({r["prompt_id"] for r in records})
-    if size is None or size >= len(ids):
+    """The `size` prompt ids that rank first by a seeded hash of the id: every language of a parallel
+    set keeps the same ids, whichever other languages the run has."""
+    if size is None or size >= len(records):
         return records
-    chosen = set(random.Random(seed).sample(ids, size))
-    kept = [r for r in records if r["prompt_id"] in chosen]
+    kept = sorted(records, key=lambda r: stable_hash([seed, r["prompt_id"]]))[:size]
     skipped["not_in_subsample"] += len(records) - len(kept)
     return kept
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from croco import training
+from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.models import load_model, load_tokenizer, model_identity
-from croco.store import StageStore
+from croco.plan import Unit
+from croco.storage import ALL_LANGUAGES, Version
+from croco.tasks import across_languages
 
 NAME = "dpo"
-INPUT = "pair"
+CODE_VERSION = "1"
+PAIRS = f"pair/{ALL_LANGUAGES}"
+
+units = across_languages
 PLOTS = {"loss": "DPO loss", "rewards/accuracies": "reward accuracy", "rewards/margins": "reward margin"}
 
 
@@ -25,15 +31,20 @@ def enabled(cfg: CrocoConfig) -> bool:
     return cfg.dpo.enabled
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
+def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
+    return [PAIRS]
+
+
+def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     online = {"reward": model_identity(cfg.models.reward), "sampling": [cfg.generate.max_new_tokens, cfg.generate.temperature]}
     return {"dpo": cfg.dpo.model_dump(), "seed": cfg.seed, **training.provenance(cfg), **(online if cfg.dpo.online else {})}
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
+@stage_task
+def dpo(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     make_trainer = _online_trainer(cfg) if cfg.dpo.online else _offline_trainer(cfg)
     columns = ["prompt"] if cfg.dpo.online else ["prompt", "chosen", "rejected"]
-    return training.fit(cfg, cfg.dpo, out, upstream, f"dpo_{cfg.dpo.pairs}", lambda row: row["prompt"], columns, make_trainer, PLOTS)
+    return training.fit(cfg, cfg.dpo, out, inputs[PAIRS], f"dpo_{cfg.dpo.pairs}", lambda row: row["prompt"], columns, make_trainer, PLOTS)
 
 
 def _offline_trainer(cfg: CrocoConfig):

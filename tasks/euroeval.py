@@ -1,13 +1,14 @@
-"""Stage 5: EuroEval benchmarks of every evaluated model per language, each run in its own process.
+"""Stage: EuroEval benchmarks of one evaluated model in one language, run in EuroEval's own process.
 
 EuroEval lives in its own Python environment (`euroeval.python`: 17+ needs Python 3.12 and
-pins its own vLLM, which must not share a process with other vLLM use). Before any model
-loads, the dataset table is checked against that installation's registry. An adapter is
-merged into its base first (`croco merge`). Each (model, language) is one subprocess run in
-RUN_DIR/euroeval/models, where every model is a folder named after it; EuroEval appends to
-euroeval_benchmark_results.jsonl there and skips what that file already holds, so a killed
-stage resumes. Results of both the flat format (before 17.0) and the 17.0+ Every Eval Ever
-format are read into one table: baseline vs each model, with EuroEval's 95% intervals.
+pins its own vLLM, which must not share a process with other vLLM use). Before the model
+loads, the language's datasets are checked against that installation's registry. A unit is
+one (language, model); it runs in a local work folder named after its version, where the
+model is a folder named after it (an adapter merged into its base first, and kept there).
+EuroEval appends to euroeval_benchmark_results.jsonl in that folder and skips what the file
+already holds, so a killed unit resumes. Results of both the flat format (before 17.0) and
+the 17.0+ Every Eval Ever format become EUROEVAL_SCORE rows; `summarize` compares every
+model's rows with the baseline's, with EuroEval's 95% intervals.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from croco.caching import stage_task
 from croco.config import CrocoConfig, EngineConfig, ModelConfig
-from croco.contestants import contestants, identity, run_adapters
-from croco.embedded import resolve_model
+from croco.contestants import adapter_input, contestant_names, identity, resolve
+from croco.embedded import cache_dir, resolve_model
 from croco.errors import CrocoError
-from croco.fileio import write_atomic
 from croco.languages import LANGUAGES
-from croco.records import EUROEVAL_SCORE, SKIPPED
-from croco.store import StageStore
+from croco.plan import Unit
+from croco.records import EUROEVAL_SCORE
+from croco.storage import Version
 
 log = logging.getLogger("croco")
 
 NAME = "euroeval"
-INPUT = None
-MODELS_DIR = "models"
+CODE_VERSION = "1"
 RESULTS_FILE = "euroeval_benchmark_results.jsonl"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
+LOG_FILE = "euroeval.log"
+SHARD = "00000"
 
 # croco's default benchmark list: per language, sentiment, linguistic acceptability, reading
 # comprehension, common sense and knowledge where EuroEval has them. The paper's list named
@@ -74,18 +75,41 @@ def enabled(cfg: CrocoConfig) -> bool:
     return cfg.euroeval.enabled
 
 
-def requires(cfg: CrocoConfig) -> list[str]:
-    return run_adapters(cfg)
-
-
 def dataset_table(cfg: CrocoConfig) -> dict[str, list[str]]:
+    """The datasets of every run language that has some (euroeval.datasets, or croco's table)."""
     table = cfg.euroeval.datasets if cfg.euroeval.datasets is not None else DATASETS
     return {code: table[code] for code in cfg.languages if table.get(code)}
 
 
-def settings(cfg: CrocoConfig) -> dict[str, Any]:
-    models = {name: identity(cfg, name, model, EngineConfig()) for name, model in contestants(cfg).items()}
-    return {"euroeval": cfg.euroeval.model_dump(), "datasets": dataset_table(cfg), "models": models}
+def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
+    """One unit per language with datasets and evaluated model; a language without datasets is named in a warning."""
+    table = dataset_table(cfg)
+    if not table:
+        raise CrocoError(f"EuroEval has no datasets for {', '.join(cfg.languages)}; set euroeval.datasets for at least one of them")
+    where = "euroeval.datasets" if cfg.euroeval.datasets is not None else "croco's EuroEval table (`croco euroeval-datasets`)"
+    for code in cfg.languages:
+        if code not in table:
+            log.warning("euroeval: %s has no datasets in %s; it is not benchmarked (set euroeval.datasets.%s)", _named(code), where, code)
+    return [(code, name) for code in table for name in contestant_names(cfg)]
+
+
+def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
+    return adapter_input(model)
+
+
+def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
+    # The name is in it too: two names for one model are two versions, each with its own rows.
+    return {
+        "language": language,
+        "datasets": dataset_table(cfg)[language],
+        "model": model,
+        "identity": identity(cfg, model, EngineConfig()),
+        "euroeval": cfg.euroeval.model_dump(include={"python", "few_shot", "iterations", "split", "extra_args"}),
+    }
+
+
+def _named(code: str) -> str:
+    return f"{LANGUAGES[code].name} ({code})"
 
 
 def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
@@ -98,7 +122,7 @@ def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
         for name in names:
             if name not in valid:
                 raise CrocoError(
-                    f"EuroEval {registry['version']} has no dataset {name!r} for {LANGUAGES[code].name} ({code}); "
+                    f"EuroEval {registry['version']} has no dataset {name!r} for {_named(code)}; "
                     f"set euroeval.datasets.{code} to names from: {', '.join(valid)}"
                 )
     return registry["version"]
@@ -109,37 +133,37 @@ def _in_language(language: str, languages: list[str]) -> bool:
     return language in languages or (language == "no" and bool({"nb", "nn"} & set(languages)))
 
 
-def run(cfg: CrocoConfig, out: StageStore, upstream: StageStore | None) -> dict[str, Any]:
-    table = dataset_table(cfg)
-    if not table:
-        raise CrocoError(f"EuroEval has no datasets for {', '.join(cfg.languages)} in euroeval.datasets")
-    version = check_datasets(cfg, table)
-    workdir = out.path / MODELS_DIR
+def work_folder(out: Version) -> Path:
+    """The local folder EuroEval runs in for a version: its results file (to resume from), log and model folder."""
+    return cache_dir() / "work" / out.relative
+
+
+@stage_task
+def euroeval(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
+    """Benchmark one evaluated model with EuroEval in one language."""
+    code, name = unit.language, unit.model
+    datasets = dataset_table(cfg)[code]
+    version = check_datasets(cfg, {code: datasets})
+    workdir = work_folder(out)
     workdir.mkdir(parents=True, exist_ok=True)
-    models = contestants(cfg)
-    folders = {name: model_folder(name, model, workdir) for name, model in models.items()}
-    for name in models:
-        for code, names in table.items():
-            if out.has_shard(f"{name}-{code}"):
-                continue
-            log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(names))
-            log_file = out.path / "logs" / f"{name}-{code}.log"
-            _benchmark(cfg, folders[name], code, names, workdir, log_file)
-            found = comparison(read_results(workdir / RESULTS_FILE), {folders[name]: name}, {code: names}, cfg.evaluate.baseline)
-            missing = set(names) - {r["dataset"] for r in found}
-            if missing:  # EuroEval exits 0 when it skips a model or dataset it cannot load
-                raise CrocoError(f"EuroEval wrote no results for {name} on {', '.join(sorted(missing))}; see {log_file}")
-            out.write_shard(f"{name}-{code}", found, EUROEVAL_SCORE, [], SKIPPED)
-    rows = comparison(read_results(workdir / RESULTS_FILE), {folder: name for name, folder in folders.items()}, table, cfg.evaluate.baseline)
-    write_atomic(out.path / RESULTS_JSON, json.dumps(rows, indent=2).encode())
-    lines = results_table(rows, cfg, version)
-    write_atomic(out.path / RESULTS_MD, ("\n".join(lines) + "\n").encode())
-    log.info("euroeval: scores against %s\n%s", cfg.evaluate.baseline, "\n".join(lines))
-    return {"records_in": len(models) * len(table), "records_out": len(rows), "skipped": {}, "euroeval_version": version, "results": RESULTS_MD}
+    model = model_folder(name, resolve(cfg, name, inputs), workdir)
+    log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(datasets))
+    log_file = workdir / LOG_FILE
+    status = _benchmark(cfg, model, code, datasets, workdir, log_file)
+    out.put_file(LOG_FILE, log_file.read_bytes())
+    see = f"see {log_file} (kept as {out.file_uri(LOG_FILE)})"
+    if status != 0:
+        raise CrocoError(f"EuroEval exited with status {status} for {name} in {code}; {see}")
+    rows = scores(read_results(workdir / RESULTS_FILE), model, name, code, datasets)
+    missing = set(datasets) - {r["dataset"] for r in rows}
+    if missing:  # EuroEval exits 0 when it skips a model or dataset it cannot load
+        raise CrocoError(f"EuroEval wrote no results for {name} on {', '.join(sorted(missing))}; {see}")
+    out.write_shard(SHARD, rows, EUROEVAL_SCORE)
+    return {"records_in": len(datasets), "records_out": len(rows), "skipped": {}, "euroeval_version": version}
 
 
 def model_folder(name: str, model: ModelConfig, workdir: Path) -> str:
-    """Give EuroEval the model as models/<name>: a merged folder for an adapter, links to the files otherwise.
+    """Give EuroEval the model as <workdir>/<name>: a merged folder for an adapter, links to the files otherwise.
 
     A folder of its own keeps EuroEval's temporary files out of the model's real folder and
     names the model in the results by its croco name.
@@ -162,7 +186,8 @@ def model_folder(name: str, model: ModelConfig, workdir: Path) -> str:
     return name
 
 
-def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdir: Path, log_file: Path) -> None:
+def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdir: Path, log_file: Path) -> int:
+    """Run EuroEval on one model and one language's datasets in `workdir`, its output going to `log_file`; its exit status."""
     settings_ = cfg.euroeval
     arguments = ["--model", model, "--language", LANGUAGES[code].euroeval_code, *[a for n in names for a in ("--dataset", n)]]
     arguments += ["--evaluate-test-split"] if settings_.split == "test" else []
@@ -171,13 +196,11 @@ def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdi
     arguments += [] if settings_.device == "auto" else ["--device", settings_.device]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as sink:
-        status = run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *_extra_args(cfg)], cwd=workdir, sink=sink)
-    if status != 0:
-        raise CrocoError(f"EuroEval exited with status {status} for {model} in {code}; see {log_file}")
+        return run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *_extra_args(cfg)], cwd=workdir, sink=sink)
 
 
 def _extra_args(cfg: CrocoConfig) -> list[str]:
-    """euroeval.extra_args, with a custom datasets file made absolute (EuroEval runs in models/)."""
+    """euroeval.extra_args, with a custom datasets file made absolute (EuroEval runs in its work folder)."""
     arguments = list(cfg.euroeval.extra_args)
     if _option(arguments, "--custom-datasets-file"):
         index = arguments.index("--custom-datasets-file") + 1
@@ -252,27 +275,36 @@ def _finite(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def comparison(results: list[dict], names: dict[str, str], table: dict[str, list[str]], baseline: str) -> list[dict]:
-    """One row per language, dataset and metric: every model's score and its difference from the baseline."""
-    scores: dict[tuple[str, str, str], dict[str, dict]] = {}
-    wanted = {(code, dataset) for code, datasets in table.items() for dataset in datasets}
+def scores(results: list[dict], model: str, name: str, code: str, datasets: list[str]) -> list[dict]:
+    """EUROEVAL_SCORE rows of one model (`model` as EuroEval knows it) on one language's datasets, under its croco name."""
+    language = LANGUAGES[code].euroeval_code
+    found = {}  # one row per dataset and metric: the last in the file
     for r in results:
-        if r["model"] not in names:
-            continue
-        for code in table:
-            if (code, r["dataset"]) in wanted and _in_language(LANGUAGES[code].euroeval_code, r["languages"]):
-                scores.setdefault((code, r["dataset"], r["metric"]), {})[names[r["model"]]] = r
-    rows = []
-    for (code, dataset, metric), by_model in sorted(scores.items()):
-        base = by_model.get(baseline)
-        for model, r in by_model.items():
-            rows.append(
-                {
-                    "language": code, "dataset": dataset, "metric": metric, "model": model, "score": r["score"], "ci95": r["ci95"],
-                    "difference": None if base is None or model == baseline else r["score"] - base["score"],
-                }
-            )
-    return rows
+        if r["model"] == model and r["dataset"] in datasets and _in_language(language, r["languages"]):
+            found[(r["dataset"], r["metric"])] = {
+                "model": name, "language": code, "dataset": r["dataset"], "metric": r["metric"], "score": r["score"], "ci95": r["ci95"],
+            }
+    return list(found.values())
+
+
+def comparison(rows: list[dict], baseline: str) -> list[dict]:
+    """Every score row with its difference from the baseline's, by language, dataset and metric (the baseline first)."""
+
+    def task(r: dict) -> tuple[str, str, str]:
+        return r["language"], r["dataset"], r["metric"]
+
+    base = {task(r): r["score"] for r in rows if r["model"] == baseline}
+    return [
+        {**r, "difference": None if r["model"] == baseline or task(r) not in base else r["score"] - base[task(r)]}
+        for r in sorted(rows, key=lambda r: (*task(r), r["model"] != baseline))
+    ]
+
+
+def summarize(cfg: CrocoConfig, results: dict[str, Version]) -> list[str]:
+    """The Markdown table of every model's scores against the baseline, from the committed euroeval versions by unit id."""
+    rows = [row for version in results.values() for row in version.read(EUROEVAL_SCORE).to_pylist()]
+    versions = sorted({version.manifest()["euroeval_version"] for version in results.values()})
+    return results_table(comparison(rows, cfg.evaluate.baseline), cfg, ", ".join(versions))
 
 
 def results_table(rows: list[dict], cfg: CrocoConfig, version: str) -> list[str]:

@@ -1,0 +1,111 @@
+"""What every croco flow does: load the config, plan its units, run each unit's task, report.
+
+The tasks run one after the other in plan order (a language's units in the order of the
+stages): on one machine two model-loading tasks at once only slow each other down, and on a
+cluster each task is its own job. A unit whose version is committed and intact is a cache
+hit and costs a storage listing; a unit left half done by a crash resumes from its shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import fsspec
+import yaml
+
+from croco.caching import with_execution
+from croco.config import CrocoConfig, load_config
+from croco.plan import Plan, build_plan, describe, stage_modules
+from croco.report import run_folder, write_report
+from croco.storage import Storage
+from croco.summaries import publish_markdown, publish_table
+
+log = logging.getLogger("croco")
+
+
+def load_run_config(config: str, overrides: list[str] | None, languages: list[str] | None) -> CrocoConfig:
+    """The config at a local path or an fsspec URI (s3://...), with overrides and an optional language list."""
+    overrides = list(overrides or [])
+    if languages:
+        overrides.append(f"languages=[{','.join(languages)}]")
+    if "://" in config:
+        with fsspec.open(config, "r", encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+        return load_config(config, overrides, raw=raw)
+    return load_config(config, overrides)
+
+
+def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any]:
+    """Run the units of `targets` (every enabled stage by default) and those they read; write the run record and report."""
+    storage = Storage(cfg.storage.root)
+    plan = build_plan(cfg, targets)
+    tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{_flow_run_id()}"
+    record = {
+        "run_id": run_id,
+        "name": cfg.name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "languages": cfg.languages,
+        "status": "running",
+        "config": cfg.model_dump(mode="json"),
+        "versions": {unit.id: unit.version_path for unit in plan.units},
+    }
+    storage.write_run(record)
+    planned = describe(plan, storage)
+    publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
+    log.info("plan: %d units, %d cached", len(planned), sum(row["state"] == "cached" for row in planned))
+    try:
+        for unit in plan.units:
+            with_execution(tasks[unit.stage], cfg, storage)(cfg, unit)
+        manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
+        sections = _evaluation_sections(cfg, plan, storage)
+        report_uri, report = write_report(cfg, plan, storage, manifests, sections)
+    except BaseException:
+        storage.write_run({**record, "status": "failed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        raise
+    publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
+    storage.write_run({**record, "status": "completed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "report": report_uri})
+    return {"run_id": run_id, "report": report_uri, "versions": {unit.id: storage.version_at(unit.version_path).uri for unit in plan.units}}
+
+
+def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, str]:
+    """Tables computed across languages from the judge and EuroEval versions, saved beside the report."""
+    from croco.tasks import euroeval, judge
+
+    folder = run_folder(storage, cfg)
+    sections = {}
+    judged = [storage.version_at(u.version_path) for u in plan.of("judge")]
+    if judged:
+        found = judge.results(cfg, judged)
+        storage.put(f"{folder}/judge_results.json", json.dumps(found["rows"], indent=2).encode())
+        storage.put(f"{folder}/judge_results.md", found["markdown"].encode())
+        storage.put(f"{folder}/win_rates.png", found["plot"])
+        publish_markdown(found["markdown"], f"croco-win-rates-{cfg.name}", "Arena win rates against the baseline")
+        overall = found["markdown"].split("\n\nPer subcategory:")[0]
+        sections["Arena win rates"] = f"{overall}\n\nFull table: `judge_results.md`\n\n![Arena win rates](win_rates.png)"
+    benchmarked = {u.id: storage.version_at(u.version_path) for u in plan.of("euroeval")}
+    if benchmarked:
+        markdown = "\n".join(euroeval.summarize(cfg, benchmarked)) + "\n"
+        storage.put(f"{folder}/euroeval_results.md", markdown.encode())
+        publish_markdown(markdown, f"croco-euroeval-{cfg.name}", "EuroEval scores against the baseline")
+        sections["EuroEval"] = markdown
+    return sections
+
+
+def _flow_run_id() -> str:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id)[:8] if context and context.flow_run else uuid.uuid4().hex[:8]
+
+
+def last_languages(storage: Storage, name: str) -> list[str] | None:
+    """The languages of the newest completed run of this name, or None."""
+    for run in storage.runs():
+        if run["name"] == name and run["status"] == "completed":
+            return run["languages"]
+    return None

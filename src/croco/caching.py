@@ -1,0 +1,175 @@
+"""Prefect tasks keyed on croco's own unit keys, with the artifact checked before a cache hit is trusted.
+
+Prefect's default cache policy includes the flow run id, so nothing would carry across runs;
+here a task's cache key is the unit's key (see croco.plan). Prefect alone would also hand on a
+cached reference to data that is gone, so the policy first checks the unit's version: a
+version that is missing, truncated or corrupt drops its cache record and the task runs again,
+resuming from the shards that are still good. The cache records live beside the versions
+(`<root>/_prefect/`) for a local root, so every storage root has its own.
+
+Two flow runs of one config never compute one key twice: the policy is SERIALIZABLE, so the
+second waits on the first's lock and then finds its record. A lock left by a killed process
+is released when its holder is found dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.tasks import exponential_backoff
+
+from croco.config import CrocoConfig
+from croco.embedded import cache_dir
+from croco.errors import CrocoError
+from croco.fileio import stable_hash
+from croco.plan import Unit
+from croco.storage import Storage, Version
+
+log = logging.getLogger("croco")
+
+RECORDS = "_prefect"  # cache records under the storage root
+
+
+def record_key(unit: Unit) -> str:
+    return f"{unit.stage}-{unit.language}-{unit.key}"
+
+
+class ReleasingLockManager(FileSystemLockManager):
+    """Prefect's file locks, except that a lock whose holder process on this host has died is free:
+    a `kill -9` during a task must not block every later run of that unit."""
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        try:
+            info = self._get_lock_info(key, use_cache=use_cache)
+        except ValueError:  # the holder has created the file but not written it yet
+            return True
+        if info is not None and _holder_dead(info.get("holder") or ""):
+            Path(info["path"]).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return super().is_locked(key, use_cache=use_cache)
+
+
+def _holder_dead(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class UnitCachePolicy(CachePolicy):
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        cfg: CrocoConfig = inputs["cfg"]
+        unit: Unit = inputs["unit"]
+        storage = Storage(cfg.storage.root)
+        version = storage.version(unit.stage, unit.language, unit.key)
+        problems = version.problems()
+        if problems:
+            if problems != ["not committed"]:
+                version.uncommit("; ".join(problems[:3]))
+            record = f"{storage.root}/{RECORDS}/{record_key(unit)}"
+            if storage.fs.exists(record):
+                storage.fs.rm(record)  # points at data that is gone: not a cache hit
+        return record_key(unit)
+
+
+UNIT_CACHE = UnitCachePolicy().configure(isolation_level="SERIALIZABLE", lock_manager=ReleasingLockManager(cache_dir() / "locks"))
+
+
+def result_storage(storage: Storage) -> Path:
+    """Where Prefect keeps the cache records: beside the versions for a local root; for a remote root, in
+    the local cache (Prefect 3 takes only a saved block for remote result storage, and a saved block
+    would put the credentials on the server). A machine without a record finds the committed version
+    and hands it on without redoing it."""
+    if storage.local:
+        return Path(storage.root) / RECORDS
+    return cache_dir() / "prefect-records" / stable_hash(storage.uri)
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """A CrocoError is the user's input or config: retrying cannot fix it."""
+    return not isinstance(state.result(raise_on_failure=False), CrocoError)
+
+
+Work = Callable[[CrocoConfig, Unit, Version, dict[str, Version]], dict[str, Any]]
+
+
+def stage_task(work: Work):
+    """The Prefect task of one stage: runs the stage's `work` for one unit into its version, commits it,
+    publishes its summary, and returns a small reference (never the data)."""
+    name = work.__module__.rsplit(".", 1)[-1]
+
+    # Not functools.wraps: Prefect reads the signature, and it must be (cfg, unit), not the work's.
+    @task(
+        name=name,
+        description=work.__doc__,
+        task_run_name=name + "-{unit.language}",
+        cache_policy=UNIT_CACHE,
+        persist_result=True,
+        result_serializer="json",
+        retry_condition_fn=_retry_unless_bad_input,
+    )
+    def run_unit(cfg: CrocoConfig, unit: Unit) -> dict[str, Any]:
+        storage = Storage(cfg.storage.root)
+        out = storage.version(unit.stage, unit.language, unit.key)
+        done = out.manifest()
+        if done is not None:  # committed elsewhere (another machine's cache record); the policy checked it is intact
+            return reference(done)
+        inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
+        started = time.perf_counter()
+        report = work(cfg, unit, out, inputs)
+        manifest = out.commit(
+            {
+                "stage": unit.stage,
+                "language": unit.language,
+                "model": unit.model,
+                "key": unit.key,
+                "settings": unit.settings,
+                "lineage": {unit_id: version.uri for unit_id, version in inputs.items()},
+                "wall_s": round(time.perf_counter() - started, 2),
+                **report,
+            }
+        )
+        from croco.summaries import publish_summary, summary_line
+
+        log.info(summary_line(unit, manifest))
+        publish_summary(unit, manifest)
+        return reference(manifest)
+
+    return run_unit
+
+
+def reference(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a task hands on: where its version is and how big it is."""
+    return {
+        "uri": manifest["uri"],
+        "version": manifest["version"],
+        "key": manifest["key"],
+        "records_out": manifest.get("records_out"),
+        "skipped": sum((manifest.get("skipped") or {}).values()),
+    }
+
+
+def with_execution(task_, cfg: CrocoConfig, storage: Storage):
+    """The task with this config's retries and this storage root's cache records."""
+    retry = cfg.retries.get(task_.name, cfg.retries.get("default"))
+    delays = exponential_backoff(backoff_factor=retry.delay_s)(retry.attempts) if retry and retry.attempts else 0
+    return task_.with_options(retries=retry.attempts if retry else 0, retry_delay_seconds=delays, result_storage=result_storage(storage))

@@ -1,0 +1,99 @@
+"""The plan: every unit of cached work a config asks for, keyed, in the order the units run.
+
+A unit is one stage for one language (`all` for pairing and training, which take every
+language), or, for the evaluation stages, one evaluated model in one language. Its key hashes
+what shapes its output and nothing else: the stage's settings for that language, the stage's
+code version, and the keys of the versions it reads. Execution settings (batch sizes,
+concurrency, timeouts, retries) are not in it, so changing them never redoes finished work,
+and a language's key does not depend on which other languages are in the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Iterable
+
+from croco.config import CrocoConfig
+from croco.fileio import stable_hash
+from croco.storage import Storage
+
+
+@dataclass(frozen=True)
+class Unit:
+    stage: str
+    language: str
+    key: str
+    model: str | None = None  # the evaluated model, for arena and euroeval units
+    inputs: tuple[tuple[str, str], ...] = ()  # (unit id, version path) of every version it reads
+    settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return "/".join(p for p in (self.stage, self.language, self.model) if p)
+
+    @property
+    def version_path(self) -> str:
+        return f"{self.stage}/{self.language}/{self.key}"
+
+
+class Plan:
+    def __init__(self, units: list[Unit]):
+        self.units = units
+        self.by_id = {u.id: u for u in units}
+
+    def of(self, stage: str) -> list[Unit]:
+        return [u for u in self.units if u.stage == stage]
+
+    def stages(self) -> list[str]:
+        return list(dict.fromkeys(u.stage for u in self.units))
+
+
+def stage_modules() -> list[ModuleType]:
+    from croco.tasks import arena, dpo, euroeval, generate, judge, pair, prompts, score, sft
+
+    return [prompts, generate, score, pair, sft, dpo, arena, judge, euroeval]
+
+
+def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
+    """The units of the target stages (every enabled stage by default) and of every stage they read from."""
+    modules = {m.NAME: m for m in stage_modules()}
+    units: dict[str, Unit] = {}
+    for module in modules.values():
+        if not module.enabled(cfg):
+            continue
+        for language, model in module.units(cfg):
+            read = module.inputs(cfg, language, model)
+            missing = [i for i in read if i not in units]
+            if missing:
+                raise ValueError(f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?")
+            settings = module.settings(cfg, language, model)
+            key = stable_hash({"stage": module.NAME, "code": module.CODE_VERSION, "settings": settings, "inputs": [units[i].key for i in read]})
+            unit = Unit(module.NAME, language, key, model, tuple((i, units[i].version_path) for i in read), settings)
+            units[unit.id] = unit
+    wanted = set(targets) if targets is not None else set(modules)
+    needed: set[str] = set()
+    todo = [u.id for u in units.values() if u.stage in wanted]
+    while todo:
+        current = todo.pop()
+        if current not in needed:
+            needed.add(current)
+            todo.extend(unit_id for unit_id, _ in units[current].inputs)
+    return Plan([u for u in units.values() if u.id in needed])
+
+
+def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:
+    """Per unit: whether its version is committed and intact (`cached`), partly done (`resume`) or still to run."""
+    rows = []
+    for unit in plan.units:
+        version = storage.version(unit.stage, unit.language, unit.key)
+        problems = version.problems()
+        if not problems:
+            state = "cached"
+        elif problems == ["not committed"]:
+            done = len(version.finished_shards(verify=False))
+            state = f"resume ({done} shards done)" if done else "run"
+        else:
+            state = f"redo ({problems[0]})"
+        rows.append({"unit": unit.id, "state": state, "version": version.relative})
+    return rows

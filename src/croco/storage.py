@@ -1,0 +1,312 @@
+"""Versioned artifact storage on any fsspec filesystem: a local folder (the default) or S3 via s3fs.
+
+Every stage output is an immutable, content-addressed version:
+
+    <root>/<stage>/<language>/<key>/      (`all` as the language for stages that take every language)
+        data/part-<shard>.parquet         the records, one shard per unit of work
+        skipped/part-<shard>.parquet      what the stage could not process, with reasons
+        index/part-<shard>.json           rows, bytes and sha256 of that shard pair, written after them
+        files/...                         other outputs: adapters, plots, tables
+        manifest.json                     written last: the commit marker
+    <root>/runs/<run_id>.json             the version of every stage a run used
+
+A shard counts as finished only when its index entry exists and the shard matches it, so a
+killed task resumes from its finished shards and a truncated or corrupt shard is redone.
+Endpoint and credentials come from the environment (AWS variables or profile): they are
+never part of a URI, a manifest or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from croco.errors import CrocoError
+from croco.records import SKIPPED
+
+log = logging.getLogger("croco")
+
+MANIFEST = "manifest.json"
+ALL_LANGUAGES = "all"
+
+
+class CorruptShard(CrocoError):
+    """A shard does not match its index entry; its version has been uncommitted so a rerun redoes it."""
+
+
+def open_storage(root: str) -> "Storage":
+    return Storage(root)
+
+
+class Storage:
+    def __init__(self, root: str):
+        if "@" in root.split("://", 1)[-1].split("/", 1)[0]:
+            raise CrocoError("storage.root must not hold credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile instead")
+        self.fs, path = fsspec.core.url_to_fs(root)
+        self.local = "file" in _protocols(self.fs)
+        self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
+        self.uri = self.root if self.local else f"{_protocols(self.fs)[0]}://{self.root}"
+
+    def version(self, stage: str, language: str, key: str) -> "Version":
+        return Version(self, f"{self.root}/{stage}/{language}/{key}")
+
+    def version_at(self, relative: str) -> "Version":
+        return Version(self, f"{self.root}/{relative}")
+
+    def versions(self) -> list["Version"]:
+        """Every version under the root, committed or not."""
+        found = []
+        for manifest_or_dir in self.fs.glob(f"{self.root}/*/*/*"):
+            relative = manifest_or_dir[len(self.root) + 1 :]
+            if not relative.startswith(("runs/", "_")) and self.fs.isdir(manifest_or_dir):
+                found.append(Version(self, manifest_or_dir))
+        return found
+
+    # Run records -------------------------------------------------------------------------------
+
+    def write_run(self, record: dict[str, Any]) -> str:
+        path = f"{self.root}/runs/{record['run_id']}.json"
+        self.put(path, json.dumps(record, indent=2, sort_keys=True).encode())
+        return path
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Run records, newest first."""
+        paths = self.fs.glob(f"{self.root}/runs/*.json")
+        records = [json.loads(self.fs.cat_file(p)) for p in paths]
+        return sorted(records, key=lambda r: r["started_at"], reverse=True)
+
+    def gc(self, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
+        """Delete committed versions that none of the `keep` newest runs used; (deleted, kept) paths.
+        Uncommitted versions are work in progress (a running or killed task resumes from them): kept."""
+        runs = self.runs()
+        referenced = {path for run in runs[:keep] for path in run["versions"].values()}
+        deleted, kept = [], []
+        for version in self.versions():
+            relative = version.relative
+            if relative in referenced or not version.committed():
+                kept.append(relative)
+                continue
+            deleted.append(relative)
+            if not dry_run:
+                self.fs.rm(version.path, recursive=True)
+        if not dry_run:
+            for run in runs[keep:]:
+                self.fs.rm(f"{self.root}/runs/{run['run_id']}.json")
+        return deleted, kept
+
+    # Bytes ---------------------------------------------------------------------------------------
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write a whole object atomically: an S3 PUT is; a local file is written aside and renamed."""
+        if self.local:
+            self.fs.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def uri_of(self, path: str) -> str:
+        return path if self.local else f"{self.uri.split('://')[0]}://{path}"
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+@dataclass
+class Version:
+    storage: Storage
+    path: str
+
+    @property
+    def relative(self) -> str:
+        return self.path[len(self.storage.root) + 1 :]
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri_of(self.path)
+
+    @property
+    def key(self) -> str:
+        return self.path.rsplit("/", 1)[1]
+
+    # State ---------------------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.storage.fs.cat_file(f"{self.path}/{MANIFEST}"))
+        except FileNotFoundError:
+            return None
+
+    def committed(self) -> bool:
+        return self.storage.fs.exists(f"{self.path}/{MANIFEST}")
+
+    def problems(self) -> list[str]:
+        """Why a committed version cannot be trusted: shards missing or of another size than indexed (one listing)."""
+        manifest = self.manifest()
+        if manifest is None:
+            return ["not committed"]
+        sizes = {p[len(self.path) + 1 :]: info["size"] for p, info in self.storage.fs.find(self.path, detail=True).items()}
+        found = []
+        for name, entry in manifest["shards"].items():
+            for part in ("data", "skipped"):
+                have = sizes.get(f"{part}/part-{name}.parquet")
+                if have is None:
+                    found.append(f"{part}/part-{name}.parquet is missing")
+                elif have != entry[part]["bytes"]:
+                    found.append(f"{part}/part-{name}.parquet has {have} bytes, its index says {entry[part]['bytes']}")
+        for name, size in manifest.get("files", {}).items():
+            have = sizes.get(f"files/{name}")
+            if have != size:
+                found.append(f"files/{name} is missing" if have is None else f"files/{name} has {have} bytes, the manifest says {size}")
+        return found
+
+    def uncommit(self, reason: str) -> None:
+        """Take back the commit marker so the stage runs again and redoes what is broken."""
+        log.warning("%s: %s; it will be recomputed", self.relative, reason)
+        self.storage.fs.rm(f"{self.path}/{MANIFEST}")
+
+    # Shards --------------------------------------------------------------------------------------
+
+    def finished_shards(self, verify: bool = True) -> dict[str, dict]:
+        """Index entries of the finished shards; with `verify`, each shard is checked against its entry
+        and a broken one (truncated, corrupt, missing) is removed and reported, so it is redone."""
+        fs = self.storage.fs
+        entries = {}
+        for index_path in fs.glob(f"{self.path}/index/part-*.json"):
+            name = index_path.rsplit("/", 1)[1].removeprefix("part-").removesuffix(".json")
+            entry = json.loads(fs.cat_file(index_path))
+            if not verify:
+                entries[name] = entry
+                continue
+            broken = [part for part in ("data", "skipped") if not self._matches(f"{self.path}/{part}/part-{name}.parquet", entry[part])]
+            if broken:
+                log.warning("%s: shard %s does not match its index (%s); redoing it", self.relative, name, ", ".join(broken))
+                self.remove_shard(name)
+                continue
+            entries[name] = entry
+        return entries
+
+    def _matches(self, path: str, entry: dict) -> bool:
+        try:
+            return hashlib.sha256(self.storage.fs.cat_file(path)).hexdigest() == entry["sha256"]
+        except FileNotFoundError:
+            return False
+
+    def write_shard(self, name: str, records: pa.Table | list[dict], schema: pa.Schema, skipped: list[dict] | None = None, skipped_schema: pa.Schema | None = None) -> dict:
+        """Write one shard (records and skipped records), then its index entry: the entry marks it finished."""
+        entry = {}
+        for part, rows, part_schema in (("data", records, schema), ("skipped", skipped or [], skipped_schema or SKIPPED)):
+            table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=part_schema)
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            data = buffer.getvalue()
+            path = f"{self.path}/{part}/part-{name}.parquet"
+            self.storage.put(path, data)
+            entry[part] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **self._object_version(path)}
+        self.storage.put(f"{self.path}/index/part-{name}.json", json.dumps(entry).encode())
+        return entry
+
+    def _object_version(self, path: str) -> dict:
+        """The object's version id where the bucket keeps versions (recorded, never relied on)."""
+        if self.storage.local:
+            return {}
+        version_id = self.storage.fs.info(path).get("VersionId")
+        return {"version_id": version_id} if version_id else {}
+
+    def remove_shard(self, name: str) -> None:
+        for path in (f"{self.path}/index/part-{name}.json", f"{self.path}/data/part-{name}.parquet", f"{self.path}/skipped/part-{name}.parquet"):
+            if self.storage.fs.exists(path):
+                self.storage.fs.rm(path)
+
+    def _entries(self) -> dict[str, dict]:
+        manifest = self.manifest()
+        return manifest["shards"] if manifest is not None else self.finished_shards(verify=False)
+
+    def read(self, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
+        """Every finished shard (all of them once committed), each checked against its index entry."""
+        part = "skipped" if skipped else "data"
+        tables = [self._read_shard(name, entry[part], part, schema, columns) for name, entry in sorted(self._entries().items())]
+        if not tables:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables(tables)
+
+    def read_shard(self, name: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        return self._read_shard(name, self._entries()[name]["data"], "data", schema, columns)
+
+    def shard_names(self) -> list[str]:
+        return sorted(self._entries())
+
+    def _read_shard(self, name: str, entry: dict, part: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+        path = f"{self.path}/{part}/part-{name}.parquet"
+        try:
+            data = self.storage.fs.cat_file(path)
+        except FileNotFoundError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            self.remove_shard(name)
+            if self.committed():
+                self.storage.fs.rm(f"{self.path}/{MANIFEST}")
+            raise CorruptShard(f"{self.uri}: shard {part}/part-{name}.parquet is missing or corrupt (sha256 differs from its index); it was removed, rerun to redo it")
+        return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
+
+    # Other files ---------------------------------------------------------------------------------
+
+    def put_file(self, name: str, data: bytes) -> str:
+        path = f"{self.path}/files/{name}"
+        self.storage.put(path, data)
+        return path
+
+    def put_folder(self, local: Path, name: str) -> None:
+        """Upload a local folder (an adapter) into files/<name>."""
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            self.put_file(f"{name}/{file.relative_to(local).as_posix()}", file.read_bytes())
+
+    def file_uri(self, name: str) -> str:
+        return self.storage.uri_of(f"{self.path}/files/{name}")
+
+    def local_folder(self, name: str, cache: Path) -> Path:
+        """A local path to files/<name>: the folder itself on local storage, else a downloaded copy."""
+        if self.storage.local:
+            return Path(f"{self.path}/files/{name}")
+        target = cache / self.relative / name
+        if not target.exists():
+            partial = target.with_name(target.name + ".partial")
+            self.storage.fs.get(f"{self.path}/files/{name}/", str(partial) + "/", recursive=True)
+            partial.rename(target)
+        return target
+
+    def file_sizes(self) -> dict[str, int]:
+        found = self.storage.fs.find(f"{self.path}/files", detail=True)
+        return {p[len(self.path) + len("/files/") :]: info["size"] for p, info in found.items()}
+
+    def commit(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest, last: from now on the version is complete and immutable."""
+        shards = self.finished_shards(verify=False)  # this task wrote or verified each of them
+        manifest = {
+            **report,
+            "version": self.relative,
+            "uri": self.uri,
+            "shards": shards,
+            "files": self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {},
+            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.storage.put(f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        return manifest
+
