@@ -58,9 +58,12 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     planned = describe(plan, storage)
     publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
     log.info("plan: %d units, %d cached", len(planned), sum(row["state"] == "cached" for row in planned))
+    cached = {}
     try:
         for unit in plan.units:
-            with_execution(tasks[unit.stage], cfg, storage)(cfg, unit)
+            state = with_execution(tasks[unit.stage], cfg, storage)(cfg, unit, return_state=True)
+            state.result()  # raises the task's error
+            cached[unit.id] = state.name == "Cached"
         manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
         sections = _evaluation_sections(cfg, plan, storage)
         report_uri, report = write_report(cfg, plan, storage, manifests, sections)
@@ -69,7 +72,13 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         raise
     publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
     storage.write_run({**record, "status": "completed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "report": report_uri})
-    return {"run_id": run_id, "report": report_uri, "versions": {unit.id: storage.version_at(unit.version_path).uri for unit in plan.units}}
+    log.info("run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values()))
+    return {
+        "run_id": run_id,
+        "report": report_uri,
+        "versions": {unit.id: storage.version_at(unit.version_path).uri for unit in plan.units},
+        "cached": cached,
+    }
 
 
 def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, str]:

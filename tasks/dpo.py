@@ -37,7 +37,7 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     online = {"reward": model_identity(cfg.models.reward), "sampling": [cfg.generate.max_new_tokens, cfg.generate.temperature]}
-    return {"dpo": cfg.dpo.model_dump(), "seed": cfg.seed, **training.provenance(cfg), **(online if cfg.dpo.online else {})}
+    return {"dpo": cfg.dpo.model_dump(exclude=training.EXECUTION), "seed": cfg.seed, **training.provenance(cfg), **(online if cfg.dpo.online else {})}
 
 
 @stage_task

@@ -28,7 +28,7 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
-    return {"sft": cfg.sft.model_dump(), "seed": cfg.seed, **training.provenance(cfg)}
+    return {"sft": cfg.sft.model_dump(exclude=training.EXECUTION), "seed": cfg.seed, **training.provenance(cfg)}
 
 
 @stage_task

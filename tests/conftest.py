@@ -19,10 +19,26 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import pyarrow as pa  # noqa: E402
+import yaml  # noqa: E402
+
 from croco.config import CrocoConfig, parse_config  # noqa: E402
 from croco.embedded import POLICY, PREFIX, resolve_model  # noqa: E402
+from croco.plan import build_plan  # noqa: E402
+from croco.storage import Storage, Version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """Prefect's test harness (a temporary local server, about 12 s, once per session) where a server is not
+    the point; every test has its own storage root, so the cache records are its own too. Yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +111,30 @@ def make_config(root: Path | str, models: dict[str, str], sources: list[dict], *
         else:
             raw[key] = value
     return parse_config(raw)
+
+
+def save_config(cfg: CrocoConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run(cfg: CrocoConfig, stages: list[str] | None = None, languages: list[str] | None = None) -> dict:
+    """The pipeline flow on this config, in this process; its result (run id, report, versions, which units were cached)."""
+    from croco.flows.pipeline import pipeline
+
+    path = save_config(cfg, Path(str(Storage(cfg.storage.root).root) + ".yaml"))
+    return pipeline(config=str(path), stages=stages, languages=languages)
+
+
+def version(cfg: CrocoConfig, unit_id: str) -> Version:
+    """The version of one unit (e.g. generate/en, pair/all, arena/da/policy) of this config."""
+    return Storage(cfg.storage.root).version_at(build_plan(cfg).by_id[unit_id].version_path)
+
+
+def read(cfg: CrocoConfig, stage: str, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
+    """Every unit of one stage, concatenated."""
+    storage = Storage(cfg.storage.root)
+    return pa.concat_tables(storage.version_at(u.version_path).read(schema, columns, skipped=skipped) for u in build_plan(cfg).of(stage))
 
 
 @pytest.fixture

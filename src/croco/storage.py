@@ -158,6 +158,7 @@ class Version:
 
     def problems(self) -> list[str]:
         """Why a committed version cannot be trusted: shards missing or of another size than indexed (one listing)."""
+        self.storage.fs.invalidate_cache(self.path)  # another process may have written since the last listing
         manifest = self.manifest()
         if manifest is None:
             return ["not committed"]
@@ -187,6 +188,7 @@ class Version:
         """Index entries of the finished shards; with `verify`, each shard is checked against its entry
         and a broken one (truncated, corrupt, missing) is removed and reported, so it is redone."""
         fs = self.storage.fs
+        fs.invalidate_cache(self.path)
         entries = {}
         for index_path in fs.glob(f"{self.path}/index/part-*.json"):
             name = index_path.rsplit("/", 1)[1].removeprefix("part-").removesuffix(".json")

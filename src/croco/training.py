@@ -33,6 +33,7 @@ from croco.storage import Version
 
 log = logging.getLogger("croco")
 
+EXECUTION = {"enabled", "save_steps"}  # training settings that never change the adapter (left out of the key)
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"

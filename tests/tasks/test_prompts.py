@@ -1,62 +1,70 @@
 import json
+from pathlib import Path
 
 import datasets
 import pytest
 
 from croco.errors import CrocoError
 from croco.records import PROMPT
-from croco.stages import prompts
-from croco.store import StageStore
+from croco.tasks.prompts import REJECTS_FILE
 
-from conftest import make_config, prompt_record, write_jsonl
-
-MODELS = {"policy": "unused", "reward": "unused"}
+from conftest import make_config, prompt_record, read, run, version, write_jsonl
 
 
-def load(tmp_path, sources, **sections):
-    cfg = make_config(tmp_path / "run", MODELS, sources, **sections)
-    store = StageStore(cfg.run_dir, "prompts")
-    store.open("k", {})
-    report = prompts.run(cfg, store, None)
-    return report, store.read(PROMPT).to_pylist(), store
+def load(root, tiny_models, sources, **sections):
+    """Run the prompts stage; (manifest per language, every unit's records in plan order, config)."""
+    cfg = make_config(root, tiny_models, sources, **sections)
+    run(cfg, stages=["prompts"])
+    manifests = {code: version(cfg, f"prompts/{code}").manifest() for code in cfg.languages}
+    return manifests, read(cfg, "prompts", PROMPT).to_pylist(), cfg
 
 
-def test_one_file_with_a_language_column(tmp_path, prompts_file):
-    report, records, _ = load(tmp_path, [{"path": str(prompts_file)}])
-    assert report["records_out"] == 6 and report["per_language"] == {"en": 3, "da": 3}
+def test_one_file_with_a_language_column(tmp_path, tiny_models, prompts_file):
+    manifests, records, _ = load(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}])
+    assert {code: m["records_out"] for code, m in manifests.items()} == {"en": 3, "da": 3}
+    assert all(m["records_in"] == 6 and m["skipped"] == {"other_language": 3} for m in manifests.values())
     assert [(r["language"], r["prompt_id"]) for r in records][:2] == [("en", "p0"), ("en", "p1")]
     assert records[0]["source"].endswith("prompts.jsonl line 1")
 
 
-def test_one_file_per_language(tmp_path):
+def test_one_file_per_language(tmp_path, tiny_models):
     en = write_jsonl(tmp_path / "en.jsonl", [{"prompt_id": "a", "messages": [{"role": "user", "content": "Hi"}]}])
     da = tmp_path / "da.json"
     da.write_text(json.dumps([{"prompt_id": "a", "messages": [{"role": "user", "content": "Hej"}]}]))
-    _, records, _ = load(tmp_path, [{"path": str(en), "language": "en"}, {"path": str(da), "language": "da"}])
+    manifests, records, _ = load(tmp_path / "store", tiny_models, [{"path": str(en), "language": "en"}, {"path": str(da), "language": "da"}])
     assert {(r["prompt_id"], r["language"]) for r in records} == {("a", "en"), ("a", "da")}
+    assert {r["language"]: r["messages"][0]["content"] for r in records} == {"en": "Hi", "da": "Hej"}
+    # A unit reads only the sources that can hold its language.
+    assert all(m["records_in"] == 1 and m["skipped"] == {} for m in manifests.values())
 
 
-def test_dataset_folder_through_datasets(tmp_path):
+def test_dataset_folder_through_datasets(tmp_path, tiny_models):
     folder = tmp_path / "hub_like"
     datasets.Dataset.from_list([prompt_record("x1", "da"), prompt_record("x2", "en")]).to_parquet(str(folder / "train.parquet"))
-    _, records, _ = load(tmp_path, [{"path": str(folder)}])
+    _, records, _ = load(tmp_path / "store", tiny_models, [{"path": str(folder)}])
     assert {r["prompt_id"] for r in records} == {"x1", "x2"}
     assert records[0]["source"].startswith(f"dataset {folder} row")
 
 
-def test_languages_not_selected_are_counted_not_kept(tmp_path):
+def test_languages_not_selected_are_counted_not_kept(tmp_path, tiny_models):
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en"), prompt_record("a", "de")])
-    report, records, _ = load(tmp_path, [{"path": str(path)}])
-    assert len(records) == 1 and report["skipped"] == {"language_not_selected": 1}
+    manifests, records, _ = load(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])
+    assert [(r["prompt_id"], r["language"]) for r in records] == [("a", "en")]
+    assert manifests["en"]["records_in"] == 2 and manifests["en"]["skipped"] == {"other_language": 1}
 
 
-def test_subsample_keeps_every_language_of_a_chosen_prompt(tmp_path):
+def test_subsample_keeps_every_language_of_a_chosen_prompt(tmp_path, tiny_models):
     rows = [prompt_record(f"p{i}", lang) for lang in ("en", "da") for i in range(10)]
-    report, records, _ = load(tmp_path, [{"path": str(write_jsonl(tmp_path / "p.jsonl", rows))}], data={"subsample": 4})
-    ids = {r["prompt_id"] for r in records}
-    assert len(ids) == 4 and len(records) == 8 and report["skipped"] == {"not_in_subsample": 12}
-    _, again, _ = load(tmp_path, [{"path": str(tmp_path / "p.jsonl")}], data={"subsample": 4})
-    assert {r["prompt_id"] for r in again} == ids
+    sources = [{"path": str(write_jsonl(tmp_path / "p.jsonl", rows))}]
+    manifests, records, _ = load(tmp_path / "store", tiny_models, sources, data={"subsample": 4})
+    ids = {lang: {r["prompt_id"] for r in records if r["language"] == lang} for lang in ("en", "da")}
+    assert len(ids["en"]) == 4 and ids["en"] == ids["da"] and len(records) == 8
+    assert all(m["skipped"] == {"not_in_subsample": 6, "other_language": 10} for m in manifests.values())
+    # A fresh storage root draws the same ids, and so does a run with fewer languages.
+    _, again, _ = load(tmp_path / "again", tiny_models, sources, data={"subsample": 4})
+    assert {r["prompt_id"] for r in again} == ids["en"]
+    _, english, _ = load(tmp_path / "english", tiny_models, sources, data={"subsample": 4}, languages=["en"])
+    assert {r["prompt_id"] for r in english} == ids["en"]
 
 
 BAD = [
@@ -74,39 +82,41 @@ BAD = [
 
 
 @pytest.mark.parametrize(("line", "message"), BAD, ids=[m.split(": ", 1)[1][:30] for _, m in BAD])
-def test_bad_record_stops_the_run_naming_file_and_line(tmp_path, line, message):
+def test_bad_record_stops_the_run_naming_file_and_line(tmp_path, tiny_models, line, message):
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en"), line])
     with pytest.raises(CrocoError) as error:
-        load(tmp_path, [{"path": str(path)}])
+        load(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])
     assert f"{path} {message}" in str(error.value) and "data.on_invalid: reject" in str(error.value)
 
 
 @pytest.mark.parametrize(("line", "message"), BAD, ids=[m.split(": ", 1)[1][:30] for _, m in BAD])
-def test_bad_record_is_rejected_with_its_reason_when_asked(tmp_path, line, message):
+def test_bad_record_is_rejected_with_its_reason_when_asked(tmp_path, tiny_models, line, message):
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en"), line, prompt_record("c", "da")])
-    report, records, store = load(tmp_path, [{"path": str(path)}], data={"on_invalid": "reject"})
-    assert report["skipped"] == {"invalid_record": 1} and len(records) == 2
-    rejects = [json.loads(line) for line in (store.path / "rejects.jsonl").read_text().splitlines()]
+    manifests, records, cfg = load(tmp_path / "store", tiny_models, [{"path": str(path)}], data={"on_invalid": "reject"})
+    assert manifests["en"]["skipped"]["invalid_record"] == 1 and manifests["en"]["records_out"] == 1
+    assert sorted((r["prompt_id"], r["language"]) for r in records) == [("a", "en"), ("c", "da")]
+    rejects_file = Path(version(cfg, "prompts/en").path) / "files" / REJECTS_FILE
+    rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
     assert len(rejects) == 1 and f"{rejects[0]['location']}: {rejects[0]['reason']}".startswith(f"{path} {message}")
 
 
-def test_missing_file_and_wrong_format(tmp_path):
+def test_missing_file_and_wrong_format(tmp_path, tiny_models):
     with pytest.raises(CrocoError, match="data file .*nope.jsonl does not exist"):
-        load(tmp_path, [{"path": str(tmp_path / "nope.jsonl")}])
+        load(tmp_path / "store", tiny_models, [{"path": str(tmp_path / "nope.jsonl")}])
     csv = tmp_path / "p.csv"
     csv.write_text("a,b\n")
     with pytest.raises(CrocoError, match="neither .json nor .jsonl"):
-        load(tmp_path, [{"path": str(csv)}])
+        load(tmp_path / "store", tiny_models, [{"path": str(csv)}])
 
 
-def test_nothing_left_is_an_error(tmp_path):
+def test_nothing_left_is_an_error(tmp_path, tiny_models):
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "de")])
-    with pytest.raises(CrocoError, match="no prompts left"):
-        load(tmp_path, [{"path": str(path)}])
+    with pytest.raises(CrocoError, match="no prompts in language 'en'"):
+        load(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])
 
 
-def test_embedded_demo_prompts_are_parallel(tmp_path):
-    _, records, _ = load(tmp_path, [{"path": "embedded:demo-prompts"}], languages=["en", "da", "de", "ga"])
+def test_embedded_demo_prompts_are_parallel(tmp_path, tiny_models):
+    _, records, _ = load(tmp_path / "store", tiny_models, [{"path": "embedded:demo-prompts"}], languages=["en", "da", "de", "ga"])
     by_language = {}
     for r in records:
         by_language.setdefault(r["language"], set()).add(r["prompt_id"])
@@ -114,8 +124,10 @@ def test_embedded_demo_prompts_are_parallel(tmp_path):
     assert len(by_language["en"]) >= 8
 
 
-def test_a_selected_language_without_prompts_is_reported(tmp_path, caplog):
+def test_a_selected_language_without_prompts_is_named(tmp_path, tiny_models):
+    # A selected language with no prompts is no longer a warning: its unit stops the run, naming it.
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en")])
-    report, _, _ = load(tmp_path, [{"path": str(path)}])
-    assert report["languages_without_prompts"] == ["da"]
-    assert "no prompts for da" in caplog.text
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(path)}])
+    with pytest.raises(CrocoError, match=r"no prompts in language 'da' in .*p\.jsonl"):
+        run(cfg, stages=["prompts"])
+    assert version(cfg, "prompts/en").committed() and not version(cfg, "prompts/da").committed()

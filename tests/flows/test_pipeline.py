@@ -1,0 +1,76 @@
+"""The pipeline flow on tiny models: cached reruns, new languages, lost or broken artifacts, run records."""
+
+import shutil
+
+import pytest
+
+from croco.records import SAMPLE
+from croco.storage import Storage
+
+from conftest import make_config, prompt_record, read, run, version, write_jsonl
+
+NO_TRAINING = {"sft": {"enabled": False}, "dpo": {"enabled": False}}
+
+
+@pytest.fixture
+def three_languages(tmp_path):
+    rows = [prompt_record(f"p{i}", lang, f"Question {i} in {lang}?") for lang in ("en", "da", "ga") for i in range(3)]
+    return [{"path": str(write_jsonl(tmp_path / "prompts.jsonl", rows))}]
+
+
+def ran(result) -> set[str]:
+    return {unit for unit, cached in result["cached"].items() if not cached}
+
+
+def test_a_rerun_of_a_finished_config_is_all_cache_hits(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}])
+    first = run(cfg)
+    assert ran(first) == set(first["cached"]) == {"prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all", "sft/all", "dpo/all"}
+    second = run(cfg)
+    assert ran(second) == set() and second["versions"] == first["versions"]
+    runs = Storage(cfg.storage.root).runs()
+    assert [r["status"] for r in runs] == ["completed", "completed"] and runs[0]["versions"]["generate/en"] == version(cfg, "generate/en").relative
+
+
+def test_a_new_language_costs_only_its_own_work(tmp_path, tiny_models, three_languages):
+    two = make_config(tmp_path / "store", tiny_models, three_languages, languages=["en", "da"], **NO_TRAINING)
+    run(two)
+    before = {unit: version(two, unit).manifest()["committed_at"] for unit in ("generate/en", "generate/da", "score/en", "score/da")}
+    three = make_config(tmp_path / "store", tiny_models, three_languages, languages=["en", "da", "ga"], **NO_TRAINING)
+    result = run(three)
+    assert ran(result) == {"prompts/ga", "generate/ga", "score/ga", "pair/all"}
+    assert {unit: version(three, unit).manifest()["committed_at"] for unit in before} == before  # en and da keep their versions
+    assert version(three, "generate/ga").manifest()["samples_generated_now"] == 3 * 2  # ga's prompts x num_samples, nothing else
+    assert sorted(set(read(three, "generate", SAMPLE, ["language"])["language"].to_pylist())) == ["da", "en", "ga"]
+
+
+def test_a_cache_hit_whose_artifact_is_gone_is_recomputed(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], **NO_TRAINING)
+    run(cfg)
+    lost = version(cfg, "generate/da")
+    before = lost.read(SAMPLE)
+    shutil.rmtree(lost.path)
+    result = run(cfg)
+    assert ran(result) == {"generate/da"}  # score/da's key is unchanged and its version intact: still a hit
+    assert lost.committed() and lost.read(SAMPLE).equals(before)  # seeded: the same samples again
+
+
+def test_a_truncated_shard_is_redone_and_reported(tmp_path, tiny_models, prompts_file, caplog):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], **NO_TRAINING)
+    run(cfg)
+    broken = version(cfg, "generate/en")
+    before = broken.read(SAMPLE)
+    shard = f"{broken.path}/data/part-00001.parquet"
+    with open(shard, "r+b") as handle:
+        handle.truncate(64)
+    caplog.set_level("WARNING", logger="croco")
+    result = run(cfg)
+    assert ran(result) == {"generate/en"}
+    assert "data/part-00001.parquet has 64 bytes" in caplog.text and "shard 00001 does not match its index" in caplog.text
+    assert broken.read(SAMPLE).equals(before) and broken.manifest()["shards_resumed"] == 1
+
+
+def test_one_stage_runs_with_the_finished_work_it_reads(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], **NO_TRAINING)
+    assert ran(run(cfg, stages=["generate"])) == {"prompts/en", "prompts/da", "generate/en", "generate/da"}
+    assert ran(run(cfg, stages=["score"])) == {"score/en", "score/da"}
