@@ -144,13 +144,15 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def background(command: list[str], ready_url: str, log: Path, cwd: Path | None = None):
-    """Run a server process until the block ends; ready once `ready_url` answers."""
+def background(command: list[str], ready_url: str | None, log: Path, cwd: Path | None = None, env: dict | None = None):
+    """Run a server process until the block ends; ready once `ready_url` answers (at once without one)."""
     with open(log, "wb") as out:  # a file, not a pipe: an unread pipe fills up and blocks the server
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env or {**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 120
-        while True:
+        while ready_url:
             assert server.poll() is None, f"{command[:4]} exited: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"{command[:4]} not ready after 120 s: {log.read_text()[-2000:]}"
             try:
@@ -160,7 +162,7 @@ def background(command: list[str], ready_url: str, log: Path, cwd: Path | None =
                 time.sleep(0.25)
         yield
     finally:
-        server.send_signal(signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # the whole group: servers and workers start children
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -4,12 +4,12 @@ import sys
 import pytest
 
 from croco.cli import main
-from croco.pipeline import STAGE_NAMES
+from croco.config import STAGE_NAMES
 
 from conftest import REPO
 
 
-@pytest.mark.parametrize("command", ["run", *STAGE_NAMES, "config"])
+@pytest.mark.parametrize("command", ["run", *STAGE_NAMES, "config", "plan", "runs", "gc"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
@@ -48,10 +48,30 @@ def test_readme_config_reference_is_current():
 
 
 def test_help_lists_every_stage_in_pipeline_order():
-    from croco.stages import STAGE_DOCS
+    from croco.plan import stage_modules
+    from croco.tasks import STAGE_DOCS
 
-    assert list(STAGE_DOCS) == STAGE_NAMES
+    assert list(STAGE_DOCS) == STAGE_NAMES == [module.NAME for module in stage_modules()]
 
 
 def test_prefetch_of_the_demo_has_nothing_to_download():
     assert main(["prefetch", str(REPO / "configs" / "demo.yaml")]) == 0
+
+
+def test_plan_runs_and_gc_show_what_is_stored(tmp_path, tiny_models, prompts_file, capsys):
+    from conftest import make_config, run, save_config
+
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False}, dpo={"enabled": False})
+    path = save_config(cfg, tmp_path / "cfg.yaml")
+    assert main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [[unit, "run"] for unit in ("prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all")]
+    run(cfg, stages=["generate"])
+    assert main(["plan", str(path), "generate.max_new_tokens=2"]) == 0
+    states = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert states["prompts/en"] == "cached" and states["generate/en"] == "run"
+    run(cfg, stages=["generate"], languages=["en"])
+    assert main(["runs", str(path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["gc", str(path), "--keep", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions; kept 2"  # prompts/da and generate/da: only the older run used them

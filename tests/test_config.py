@@ -12,7 +12,7 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 def minimal(**extra) -> dict:
     return {
-        "run_dir": "runs/x",
+        "storage": {"root": "runs/x"},
         "languages": ["en"],
         "models": {"policy": {"path": "a"}, "reward": {"path": "b"}},
         "data": {"sources": [{"path": "p.jsonl"}]},
@@ -79,7 +79,7 @@ def test_missing_required_key():
 
 def test_overrides_reach_any_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("run_dir: r\nlanguages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\n")
+    path.write_text("languages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\n")
     cfg = load_config(path, ["generate.num_samples=8", "languages=[en,da]", "score.engine.batch_size=2", "models.policy.adapter=ad"])
     assert cfg.generate.num_samples == 8 and cfg.languages == ["en", "da"]
     assert cfg.score.engine.batch_size == 2 and cfg.models.policy.adapter == "ad"
@@ -94,7 +94,7 @@ def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(CrocoError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("run_dir: [unclosed\n")
+    bad.write_text("name: [unclosed\n")
     with pytest.raises(CrocoError, match="not valid YAML"):
         load_config(bad)
 

@@ -14,6 +14,7 @@ is released when its holder is found dead.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -45,33 +46,42 @@ def record_key(unit: Unit) -> str:
 
 
 class ReleasingLockManager(FileSystemLockManager):
-    """Prefect's file locks, except that a lock whose holder process on this host has died is free:
-    a `kill -9` during a task must not block every later run of that unit."""
+    """Prefect's file locks, plus the holding process: a lock whose process on this host has died is free,
+    so a `kill -9` during a task does not block every later run of that unit (Prefect's locks never expire)."""
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+        if acquired:
+            path = self._lock_path_for_key(key)
+            info = json.loads(Path(path).read_text())
+            Path(path).write_text(json.dumps({**info, "host": socket.gethostname(), "pid": os.getpid()}))
+        return acquired
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        path = self._lock_path_for_key(key)
         try:
-            info = self._get_lock_info(key, use_cache=use_cache)
+            info = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return False
         except ValueError:  # the holder has created the file but not written it yet
             return True
-        if info is not None and _holder_dead(info.get("holder") or ""):
-            Path(info["path"]).unlink(missing_ok=True)
+        if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+            Path(path).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
 
 
-def _holder_dead(holder: str) -> bool:
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # written by a process that has not added its pid yet
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        pass
+    return True
 
 
 @dataclass

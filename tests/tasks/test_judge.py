@@ -1,24 +1,22 @@
-"""The judge stage: battles in both orders, the reward judge, and resuming from the judgment cache."""
+"""The judge stage: battles in both orders, the reward judge, and resuming from the finished judgment shards."""
 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-import yaml
 
 import croco.judging
-from croco.pipeline import run_pipeline
 from croco.records import JUDGMENT
-from croco.stages.judge import CACHE_FILE
-from croco.store import StageStore
+from croco.storage import Storage
+from croco.tasks.judge import JUDGMENTS_PER_SHARD
 
-from conftest import make_config, write_jsonl
-from stages.test_arena import arena_question
+from conftest import make_config, read, run, save_config, version, write_jsonl
+from test_arena import arena_question
 
 
 @pytest.fixture
@@ -27,33 +25,42 @@ def arena_file(tmp_path):
     return write_jsonl(tmp_path / "arena.jsonl", rows)
 
 
-def judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, judge):
+def judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, judge, **sections):
     return make_config(
-        tmp_path / "run",
+        tmp_path / "store",
         tiny_models,
         [{"path": str(prompts_file)}],
         evaluate={"run_adapters": [], "models": {"smollm": {"path": str(smollm_dir)}}},
         arena={"prompts": {"path": str(arena_file)}, "max_new_tokens": 12, "engine": {"batch_size": 8}},
         judge=judge,
+        **sections,
     )
+
+
+def results_folder(cfg) -> Path:
+    return Path(Storage(cfg.storage.root).root) / "runs" / cfg.name
 
 
 def test_reward_judge_scores_one_battle_per_question_and_writes_the_tables(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file):
     cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, {"kind": "reward", "engine": {"batch_size": 8}})
-    manifest = run_pipeline(cfg, only=["arena", "judge"])[-1].manifest
-    store = StageStore(cfg.run_dir, "judge")
-    judgments = store.read(JUDGMENT).to_pylist()
+    result = run(cfg, stages=["judge"])
+    assert {"judge/en", "judge/da"} <= set(result["versions"]) and not any(result["cached"].values())
+    judgments = read(cfg, "judge", JUDGMENT).to_pylist()
     assert len(judgments) == 8 and {j["order"] for j in judgments} == {"none"}
     assert all(j["outcome"] in {"win", "loss", "tie"} for j in judgments)
     rewards = json.loads(judgments[0]["judgment"])
     assert {"model_reward", "baseline_reward"} == set(rewards)
-    rows = json.loads((store.path / "results.json").read_text())
+    folder = results_folder(cfg)
+    rows = json.loads((folder / "judge_results.json").read_text())
     overall = next(r for r in rows if (r["model"], r["language"], r["subcategory"]) == ("smollm", "all", "all"))
     assert overall["judgments"] == 8 and overall["wins"] + overall["losses"] + overall["ties"] == 8
     assert overall["ci_low"] <= overall["win_rate"] <= overall["ci_high"]
-    assert (store.path / "win_rates.png").stat().st_size > 0
-    assert "| smollm | en | all |" in (store.path / "results.md").read_text()
-    assert manifest["judged_now"] == 8 and manifest["from_cache"] == 0
+    assert (folder / "win_rates.png").stat().st_size > 0
+    assert "| smollm | en | all |" in (folder / "judge_results.md").read_text()
+    assert "## Arena win rates" in (folder / "report.md").read_text()
+    for language in ("en", "da"):
+        manifest = version(cfg, f"judge/{language}").manifest()
+        assert manifest["judged_now"] == 4 and manifest["records_out"] == 4 and manifest["models"] == ["smollm"]
 
 
 class CountingGenerator:
@@ -69,46 +76,54 @@ class CountingGenerator:
         return self.inner.generate(prompts, params, progress)
 
 
-def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, monkeypatch):
-    # The tiny random model is the judge: its verdicts are nonsense (mostly unparseable), but every call counts.
-    llm_judge = {"kind": "llm", "model": {"path": tiny_models["policy"]}, "max_new_tokens": 150, "engine": {"batch_size": 1, "concurrency": 1}}
-    cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, llm_judge)
-    run_pipeline(cfg, only=["arena"])
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
-    cache = tmp_path / "run" / CACHE_FILE
+QUESTIONS = 60  # x 2 orders = 120 judgments: a full shard of 64 and one of 56
 
-    process = subprocess.Popen([sys.executable, "-m", "croco.cli", "judge", str(config_file)], stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 120
-    while _cached(cache) < 4:
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "judging never cached a judgment"
+
+def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, smollm_dir, prompts_file, prefect_server, monkeypatch):
+    # The tiny random model is the judge: its verdicts are nonsense (mostly unparseable), but every call counts.
+    questions = write_jsonl(tmp_path / "arena.jsonl", [arena_question(f"q{i}", "en", "coding" if i % 2 else "math") for i in range(QUESTIONS)])
+    llm_judge = {"kind": "llm", "model": {"path": tiny_models["policy"]}, "max_new_tokens": 150, "engine": {"batch_size": 8}}
+    cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, questions, llm_judge, languages=["en"], retries={"default": {"attempts": 0}})
+    run(cfg, stages=["arena"])
+    total = 2 * QUESTIONS
+    assert JUDGMENTS_PER_SHARD < total < 2 * JUDGMENTS_PER_SHARD
+    out = version(cfg, "judge/en")
+    first_shard = Path(out.path) / "index" / "part-00000.json"
+
+    config_file = save_config(cfg, tmp_path / "judge.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_API_URL": prefect_server}
+    process = subprocess.Popen([sys.executable, "-m", "croco.cli", "judge", str(config_file)], stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not first_shard.exists():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "judging never finished a shard"
         time.sleep(0.01)
+    assert process.poll() is None, "the judge finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = _cached(cache)
-    assert 4 <= done < 16  # 8 battles x 2 orders
+    process.stderr.close()
+    assert not out.committed()
+    finished = out.finished_shards()
+    assert set(finished) == {"00000"} and finished["00000"]["data"]["rows"] == JUDGMENTS_PER_SHARD
 
     real_load = croco.judging.load_generator
     monkeypatch.setattr(croco.judging, "load_generator", lambda engine, model: CountingGenerator(real_load(engine, model)))
-    manifest = run_pipeline(cfg, only=["judge"])[-1].manifest
-    assert CountingGenerator.calls == 16 - done
-    assert (manifest["from_cache"], manifest["judged_now"]) == (done, 16 - done)
-    judgments = StageStore(cfg.run_dir, "judge").read(JUDGMENT).to_pylist()
-    assert sorted(j["order"] for j in judgments) == ["baseline_first"] * 8 + ["model_first"] * 8
+    CountingGenerator.calls = 0
+    result = run(cfg, stages=["judge"])
+    assert result["cached"]["judge/en"] is False and result["cached"]["arena/en/smollm"] is True
+    missing = total - JUDGMENTS_PER_SHARD
+    assert CountingGenerator.calls == missing  # only the shard the killed run had not finished
+    manifest = out.manifest()
+    assert (manifest["judged_now"], manifest["records_in"], manifest["records_out"]) == (missing, total, total)
+    assert manifest["shards"]["00000"] == finished["00000"]  # the finished shard was kept as it was, not redone
+    judgments = out.read(JUDGMENT).to_pylist()
+    assert sorted(j["order"] for j in judgments) == ["baseline_first"] * QUESTIONS + ["model_first"] * QUESTIONS
+    assert len({(j["question_id"], j["order"]) for j in judgments}) == total
 
     # Counting ties another way changes the tables, not the judgments: no new judge calls.
     CountingGenerator.calls = 0
     retallied = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"ties": "loss"})})
-    assert run_pipeline(retallied, only=["judge"])[-1].manifest["from_cache"] == 16
+    result = run(retallied, stages=["judge"])
+    assert result["cached"]["judge/en"] is True and result["versions"]["judge/en"] == out.uri
     assert CountingGenerator.calls == 0
-
-
-def _cached(path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path) as db:
-            return db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
-    except sqlite3.OperationalError:  # the table is not created yet, or the writer holds the lock
-        return 0
+    assert "ties count as loss" in (results_folder(cfg) / "judge_results.md").read_text()

@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import datasets
 import pytest
 
-from croco.records import SAMPLE, SCORE, SKIPPED
-from croco.stages import pair
-from croco.store import StageStore
+from croco.errors import CrocoError
+from croco.plan import Unit
+from croco.records import SAMPLE, SCORE
+from croco.storage import ALL_LANGUAGES, Storage
+from croco.tasks.pair import pair, product_schema
 
 from conftest import make_config
 
@@ -16,31 +20,47 @@ REWARDS = {
 }
 
 
-def write_run(run_dir):
-    samples, scores = [], []
-    for (prompt_id, language), rewards in REWARDS.items():
-        for index, reward in enumerate(rewards):
-            key = {"prompt_id": prompt_id, "language": language, "sample_index": index}
-            samples.append({**key, "prompt": f"{prompt_id} in {language}?", "prompt_sent": f"{prompt_id} in {language}? (sent)",
-                            "response": f"answer {prompt_id}/{language}/{index}", "finish_reason": "stop", "prompt_tokens": 3,
-                            "completion_tokens": 3, "policy": "m"})
-            scores.append({**key, "reward": reward, "scored_tokens": 9, "reward_model": "r"})
-    generate, score = StageStore(run_dir, "generate"), StageStore(run_dir, "score")
-    for store, records, schema in ((generate, samples, SAMPLE), (score, scores, SCORE)):
-        store.open("k", {})
-        store.write_shard(0, records[:5], schema, [], SKIPPED)
-        store.write_shard(1, records[5:], schema, [], SKIPPED)
-    return score
+def write_run(storage: Storage, languages=("en", "da")) -> dict[str, str]:
+    """Committed generate and score versions per language, each in two shards; (unit id, version path) of each."""
+    inputs = {}
+    for language in languages:
+        samples, scores = [], []
+        for (prompt_id, code), rewards in REWARDS.items():
+            if code != language:
+                continue
+            for index, reward in enumerate(rewards):
+                key = {"prompt_id": prompt_id, "language": language, "sample_index": index}
+                samples.append({**key, "prompt": f"{prompt_id} in {language}?", "prompt_sent": f"{prompt_id} in {language}? (sent)",
+                                "response": f"answer {prompt_id}/{language}/{index}", "finish_reason": "stop", "prompt_tokens": 3,
+                                "completion_tokens": 3, "policy": "m"})
+                scores.append({**key, "reward": reward, "scored_tokens": 9, "reward_model": "r"})
+        for stage, records, schema in (("generate", samples, SAMPLE), ("score", scores, SCORE)):
+            version = storage.version(stage, language, f"test-{stage}-{language}")
+            half = (len(records) + 1) // 2
+            version.write_shard("00000", records[:half], schema)
+            version.write_shard("00001", records[half:], schema)
+            version.commit({"stage": stage, "language": language, "key": version.key})
+            inputs[f"{stage}/{language}"] = version.relative
+    return inputs
+
+
+def pair_unit(inputs: dict[str, str]) -> Unit:
+    return Unit("pair", ALL_LANGUAGES, "test-pair", inputs=tuple(inputs.items()))
 
 
 def run_pair(tmp_path, **pair_settings):
-    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}], pair=pair_settings)
-    score = write_run(cfg.run_dir)
-    out = StageStore(cfg.run_dir, "pair")
-    out.open("k", {})
-    report = pair.run(cfg, out, score)
-    load = lambda name: datasets.load_dataset("parquet", data_files=str(out.path / f"{name}.parquet"), split="train").to_list()
-    return report, load
+    cfg = make_config(tmp_path / "store", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}], pair=pair_settings)
+    storage = Storage(cfg.storage.root)
+    pair.fn(cfg, pair_unit(write_run(storage)))  # the task's body, without Prefect: writes and commits the version
+    out = storage.version("pair", ALL_LANGUAGES, "test-pair")
+    manifest = out.manifest()
+    assert manifest is not None and manifest["products"] == {name: out.read_shard(name, product_schema(name)).num_rows for name in out.shard_names()}
+
+    def load(name):
+        # Each product is its own shard, in TRL's conversational format, loadable with datasets.
+        return datasets.load_dataset("parquet", data_files=str(Path(out.path) / "data" / f"part-{name}.parquet"), split="train").to_list()
+
+    return manifest, load
 
 
 def test_in_language_products(tmp_path):
@@ -62,6 +82,7 @@ def test_in_language_products(tmp_path):
         "dpo_in_language/pool_too_small": 1,
         "dpo_in_language/no_sample_below_chosen": 1,
     }
+    assert report["records_in"] == 10
 
 
 def test_all_language_products(tmp_path):
@@ -97,27 +118,30 @@ def test_target_min(tmp_path):
     assert {r["prompt_id"]: r["rejected_reward"] for r in load("dpo_all_languages")} == {"p1": 0.0, "p2": 2.0}
 
 
-def test_two_rewards_for_one_sample_stop_the_stage(tmp_path):
-    from croco.errors import CrocoError
+def add_scores(storage: Storage, inputs: dict[str, str], records: list[dict]) -> None:
+    """Another shard in the English score version (the broken state a test needs)."""
+    version = storage.version_at(inputs["score/en"])
+    version.write_shard("00002", records, SCORE)
+    version.commit({"stage": "score", "language": "en", "key": version.key})
 
-    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
-    score = write_run(cfg.run_dir)
+
+def test_two_rewards_for_one_sample_stop_the_stage(tmp_path):
+    cfg = make_config(tmp_path / "store", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
+    storage = Storage(cfg.storage.root)
+    inputs = write_run(storage)
     duplicate = {"prompt_id": "p1", "language": "en", "sample_index": 0, "reward": 9.0, "scored_tokens": 9, "reward_model": "r"}
-    score.write_shard(2, [duplicate], SCORE, [], SKIPPED)
-    out = StageStore(cfg.run_dir, "pair")
-    out.open("k", {})
+    add_scores(storage, inputs, [duplicate])
     with pytest.raises(CrocoError, match="two rewards for sample 0 of prompt 'p1' in en"):
-        pair.run(cfg, out, score)
+        pair.fn(cfg, pair_unit(inputs))
+    assert not storage.version("pair", ALL_LANGUAGES, "test-pair").committed()
 
 
 def test_a_score_without_a_generated_answer_stops_the_stage(tmp_path):
-    from croco.errors import CrocoError
-
-    cfg = make_config(tmp_path / "run", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
-    score = write_run(cfg.run_dir)
+    cfg = make_config(tmp_path / "store", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
+    storage = Storage(cfg.storage.root)
+    inputs = write_run(storage)
     orphan = {"prompt_id": "p9", "language": "en", "sample_index": 0, "reward": 1.0, "scored_tokens": 9, "reward_model": "r"}
-    score.write_shard(2, [orphan, {**orphan, "sample_index": 1, "reward": 0.0}], SCORE, [], SKIPPED)
-    out = StageStore(cfg.run_dir, "pair")
-    out.open("k", {})
+    add_scores(storage, inputs, [orphan, {**orphan, "sample_index": 1, "reward": 0.0}])
     with pytest.raises(CrocoError, match="sample 0 of prompt 'p9' in en has a score but no generated answer"):
-        pair.run(cfg, out, score)
+        pair.fn(cfg, pair_unit(inputs))
+    assert not storage.version("pair", ALL_LANGUAGES, "test-pair").committed()

@@ -6,17 +6,21 @@ import pytest
 
 from croco.errors import CrocoError
 from croco.records import PROMPT
+from croco.storage import Storage, Version
 from croco.tasks.prompts import REJECTS_FILE
 
-from conftest import make_config, prompt_record, read, run, version, write_jsonl
+from conftest import make_config, prompt_record, run, version, write_jsonl
 
 
 def load(root, tiny_models, sources, **sections):
-    """Run the prompts stage; (manifest per language, every unit's records in plan order, config)."""
+    """Run the prompts stage; (manifest per language, every unit's records in language order, versions by language).
+    The versions come from the run's result: planning again would load every model's tokenizer again."""
     cfg = make_config(root, tiny_models, sources, **sections)
-    run(cfg, stages=["prompts"])
-    manifests = {code: version(cfg, f"prompts/{code}").manifest() for code in cfg.languages}
-    return manifests, read(cfg, "prompts", PROMPT).to_pylist(), cfg
+    result = run(cfg, stages=["prompts"])
+    storage = Storage(cfg.storage.root)
+    versions = {code: Version(storage, result["versions"][f"prompts/{code}"]) for code in cfg.languages}
+    records = [r for code in cfg.languages for r in versions[code].read(PROMPT).to_pylist()]
+    return {code: v.manifest() for code, v in versions.items()}, records, versions
 
 
 def test_one_file_with_a_language_column(tmp_path, tiny_models, prompts_file):
@@ -92,10 +96,10 @@ def test_bad_record_stops_the_run_naming_file_and_line(tmp_path, tiny_models, li
 @pytest.mark.parametrize(("line", "message"), BAD, ids=[m.split(": ", 1)[1][:30] for _, m in BAD])
 def test_bad_record_is_rejected_with_its_reason_when_asked(tmp_path, tiny_models, line, message):
     path = write_jsonl(tmp_path / "p.jsonl", [prompt_record("a", "en"), line, prompt_record("c", "da")])
-    manifests, records, cfg = load(tmp_path / "store", tiny_models, [{"path": str(path)}], data={"on_invalid": "reject"})
+    manifests, records, versions = load(tmp_path / "store", tiny_models, [{"path": str(path)}], data={"on_invalid": "reject"})
     assert manifests["en"]["skipped"]["invalid_record"] == 1 and manifests["en"]["records_out"] == 1
     assert sorted((r["prompt_id"], r["language"]) for r in records) == [("a", "en"), ("c", "da")]
-    rejects_file = Path(version(cfg, "prompts/en").path) / "files" / REJECTS_FILE
+    rejects_file = Path(versions["en"].path) / "files" / REJECTS_FILE
     rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
     assert len(rejects) == 1 and f"{rejects[0]['location']}: {rejects[0]['reason']}".startswith(f"{path} {message}")
 
