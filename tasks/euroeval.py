@@ -24,7 +24,7 @@ from typing import Any
 from croco.caching import stage_task
 from croco.config import CrocoConfig, EngineConfig, ModelConfig
 from croco.contestants import adapter_input, contestant_names, identity, resolve
-from croco.embedded import cache_dir, resolve_model
+from croco.embedded import resolve_model
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.plan import Unit
@@ -133,19 +133,13 @@ def _in_language(language: str, languages: list[str]) -> bool:
     return language in languages or (language == "no" and bool({"nb", "nn"} & set(languages)))
 
 
-def work_folder(out: Version) -> Path:
-    """The local folder EuroEval runs in for a version: its results file (to resume from), log and model folder."""
-    return cache_dir() / "work" / out.relative
-
-
 @stage_task
 def euroeval(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     """Benchmark one evaluated model with EuroEval in one language."""
     code, name = unit.language, unit.model
     datasets = dataset_table(cfg)[code]
     version = check_datasets(cfg, {code: datasets})
-    workdir = work_folder(out)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = out.work_folder()  # EuroEval's results file (to resume from), its log and the model folder
     model = model_folder(name, resolve(cfg, name, inputs), workdir)
     log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(datasets))
     log_file = workdir / LOG_FILE

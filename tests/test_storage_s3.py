@@ -6,7 +6,7 @@ import pytest
 from croco.records import SAMPLE
 from croco.storage import Storage
 
-from conftest import REPO, background, free_port, make_config, run, save_config, version
+from conftest import REPO, background, free_port, make_config, save_config, version
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_path, tiny_models, prompts_file, s3_env, caplog):
+def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_path, tiny_models, prompts_file, s3_env, caplog, monkeypatch):
     root = f"s3://croco/{tmp_path.name}"
     cfg = make_config(root, tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False})
     config = save_config(cfg, tmp_path / "s3.yaml")
@@ -52,6 +52,7 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     assert version(changed, "generate/en").path != old.path and old.committed()
 
     options = {"endpoint_url": s3_env["AWS_ENDPOINT_URL"], "key": s3_env["AWS_ACCESS_KEY_ID"], "secret": s3_env["AWS_SECRET_ACCESS_KEY"]}
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the tests run offline; this URL is the local S3 server
     loaded = datasets.load_dataset("parquet", data_files=f"{old.uri}/data/*.parquet", storage_options=options, split="train")
     assert sorted(loaded["response"]) == sorted(old_samples["response"].to_pylist())
 

@@ -14,6 +14,8 @@ from croco.errors import CrocoError
 
 # Stage logs (the "croco" logger) go to the Prefect run's logs, so the UI shows them.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "croco")
+# Outside a flow run (croco plan, gc, merge, or a task's .fn) those lines only go to the terminal.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 logging.getLogger("croco").setLevel(logging.INFO)
 
 __all__ = ["CrocoConfig", "CrocoError", "load_config"]

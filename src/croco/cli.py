@@ -87,7 +87,10 @@ def _add_migration_arguments(sub: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not _runs_a_flow(args):  # in a flow, Prefect's logging prints croco's lines (and sends them to the run's logs)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # weight-loading bars drown croco's own progress
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except CrocoError as exc:
         print(f"croco: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _runs_a_flow(args: argparse.Namespace) -> bool:
+    return args.command == "run" or (args.command in STAGE_DOCS and not getattr(args, "scored", None))
 
 
 def _dispatch(args: argparse.Namespace) -> int:

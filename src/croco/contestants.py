@@ -48,9 +48,10 @@ def adapter_input(name: str) -> list[str]:
 
 
 def identity(cfg: CrocoConfig, name: str, engine: EngineConfig) -> dict[str, Any]:
-    """What makes a model's answers what they are; a run adapter's training key comes in through the unit's inputs."""
+    """What makes a model's answers what they are, and the name they are stored under; a run adapter's
+    training key comes in through the unit's inputs."""
     model = base_model(cfg) if name in RUN_ADAPTERS else cfg.models.policy if name == "policy" else cfg.evaluate.models[name]
-    found = {"model": model_identity(model), "engine": engine_identity(engine)}
+    found = {"name": name, "model": model_identity(model), "engine": engine_identity(engine)}
     return found | ({"adapter_of": name} if name in RUN_ADAPTERS else {})
 
 

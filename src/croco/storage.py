@@ -34,11 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from croco.errors import CrocoError
+from croco.fileio import stable_hash
 from croco.records import SKIPPED
 
 log = logging.getLogger("croco")
 
 MANIFEST = "manifest.json"
+PARTS = ("data", "skipped")
 ALL_LANGUAGES = "all"
 
 
@@ -108,16 +110,18 @@ class Storage:
 
     # Bytes ---------------------------------------------------------------------------------------
 
-    def put(self, path: str, data: bytes) -> None:
-        """Write a whole object atomically: an S3 PUT is; a local file is written aside and renamed."""
+    def put(self, path: str, data: bytes) -> dict:
+        """Write a whole object atomically (an S3 PUT is; a local file is written aside and renamed);
+        the object's version id where the bucket keeps versions (recorded, never relied on)."""
         if self.local:
             self.fs.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
             with open(tmp, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+            return {}
+        response = self.fs.pipe_file(path, data) or {}
+        return {"version_id": response["VersionId"]} if response.get("VersionId") else {}
 
     def uri_of(self, path: str) -> str:
         return path if self.local else f"{self.uri.split('://')[0]}://{path}"
@@ -165,7 +169,9 @@ class Version:
         sizes = {p[len(self.path) + 1 :]: info["size"] for p, info in self.storage.fs.find(self.path, detail=True).items()}
         found = []
         for name, entry in manifest["shards"].items():
-            for part in ("data", "skipped"):
+            for part in PARTS:
+                if entry[part] is None:
+                    continue
                 have = sizes.get(f"{part}/part-{name}.parquet")
                 if have is None:
                     found.append(f"{part}/part-{name}.parquet is missing")
@@ -196,7 +202,7 @@ class Version:
             if not verify:
                 entries[name] = entry
                 continue
-            broken = [part for part in ("data", "skipped") if not self._matches(f"{self.path}/{part}/part-{name}.parquet", entry[part])]
+            broken = [part for part in PARTS if entry[part] and not self._matches(f"{self.path}/{part}/part-{name}.parquet", entry[part])]
             if broken:
                 log.warning("%s: shard %s does not match its index (%s); redoing it", self.relative, name, ", ".join(broken))
                 self.remove_shard(name)
@@ -211,25 +217,20 @@ class Version:
             return False
 
     def write_shard(self, name: str, records: pa.Table | list[dict], schema: pa.Schema, skipped: list[dict] | None = None, skipped_schema: pa.Schema | None = None) -> dict:
-        """Write one shard (records and skipped records), then its index entry: the entry marks it finished."""
-        entry = {}
+        """Write one shard (its records, and its skipped records if there are any), then its index entry:
+        the entry marks it finished."""
+        entry: dict[str, dict | None] = {"skipped": None}
         for part, rows, part_schema in (("data", records, schema), ("skipped", skipped or [], skipped_schema or SKIPPED)):
             table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=part_schema)
+            if part == "skipped" and table.num_rows == 0:
+                continue
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             data = buffer.getvalue()
-            path = f"{self.path}/{part}/part-{name}.parquet"
-            self.storage.put(path, data)
-            entry[part] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **self._object_version(path)}
+            stored = self.storage.put(f"{self.path}/{part}/part-{name}.parquet", data)
+            entry[part] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **stored}
         self.storage.put(f"{self.path}/index/part-{name}.json", json.dumps(entry).encode())
         return entry
-
-    def _object_version(self, path: str) -> dict:
-        """The object's version id where the bucket keeps versions (recorded, never relied on)."""
-        if self.storage.local:
-            return {}
-        version_id = self.storage.fs.info(path).get("VersionId")
-        return {"version_id": version_id} if version_id else {}
 
     def remove_shard(self, name: str) -> None:
         for path in (f"{self.path}/index/part-{name}.json", f"{self.path}/data/part-{name}.parquet", f"{self.path}/skipped/part-{name}.parquet"):
@@ -243,7 +244,7 @@ class Version:
     def read(self, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
         """Every finished shard (all of them once committed), each checked against its index entry."""
         part = "skipped" if skipped else "data"
-        tables = [self._read_shard(name, entry[part], part, schema, columns) for name, entry in sorted(self._entries().items())]
+        tables = [self._read_shard(name, entry[part], part, schema, columns) for name, entry in sorted(self._entries().items()) if entry[part]]
         if not tables:
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
@@ -269,6 +270,15 @@ class Version:
         return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
 
     # Other files ---------------------------------------------------------------------------------
+
+    def work_folder(self) -> Path:
+        """A local folder for this version's work in progress (training checkpoints, EuroEval's files), one per
+        storage root and version: a killed task resumes from it on the same machine."""
+        from croco.embedded import cache_dir
+
+        folder = cache_dir() / "work" / stable_hash(self.storage.uri) / self.relative
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def put_file(self, name: str, data: bytes) -> str:
         path = f"{self.path}/files/{name}"

@@ -26,7 +26,6 @@ import torch
 import yaml
 
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
-from croco.embedded import cache_dir
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
 from croco.records import DPO, SFT
 from croco.storage import Version
@@ -53,13 +52,6 @@ def provenance(cfg: CrocoConfig) -> dict[str, Any]:
 def examples(pairs: Version, product: str) -> datasets.Dataset:
     table = pairs.read_shard(product, SFT if product.startswith("sft") else DPO)
     return datasets.Dataset(datasets.table.InMemoryTable(table))
-
-
-def workdir(out: Version) -> Path:
-    """Local folder for checkpoints and outputs before upload: a killed run resumes from it."""
-    folder = cache_dir() / "work" / out.relative
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def drop_long_prompts(dataset: datasets.Dataset, tokenizer, limit: int, prompt_of: Callable[[dict], list]) -> tuple[datasets.Dataset, int]:
@@ -136,7 +128,7 @@ def fit(
     plots: dict[str, str],
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
-    folder = workdir(out)
+    folder = out.work_folder()  # checkpoints and outputs before upload
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)

@@ -5,12 +5,13 @@ import pytest
 from croco.config import EngineConfig, ModelConfig
 from croco.engines import SamplingParams, load_generator
 from croco.errors import CrocoError
-from croco.pipeline import run_pipeline
 from croco.records import ARENA_ANSWER, JUDGMENT
-from croco.store import StageStore
 
-from conftest import make_config, write_jsonl
-from stages.test_arena import arena_question
+from conftest import make_config, read, run, write_jsonl
+
+
+def arena_question(qid: str, language: str) -> dict:
+    return {"question_id": qid, "prompt": f"Question {qid} in {language}?", "category": "hard_prompt", "subcategory": "coding", "language": language}
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "What is two plus two?"}]]
 
@@ -44,7 +45,7 @@ def test_arena_and_llm_judge_through_the_server_keep_the_key_out_of_every_file(o
     engine = {"name": "openai", "base_url": openai_server, "api_key_env": "CROCO_TEST_KEY", "concurrency": 4}
     questions = write_jsonl(tmp_path / "arena.jsonl", [arena_question(f"q{i}", "en") for i in range(2)])
     cfg = make_config(
-        tmp_path / "run",
+        tmp_path / "store",
         {**tiny_models, "policy": str(smollm_dir)},
         [{"path": str(prompts_file)}],
         languages=["en"],
@@ -52,12 +53,19 @@ def test_arena_and_llm_judge_through_the_server_keep_the_key_out_of_every_file(o
         arena={"prompts": {"path": str(questions)}, "max_new_tokens": 16, "engine": engine},
         judge={"kind": "llm", "model": {"path": str(smollm_dir)}, "engine": engine, "max_new_tokens": 24, "allow_ties": True},
     )
-    run_pipeline(cfg, only=["arena", "judge"])
-    answers = StageStore(cfg.run_dir, "arena").read(ARENA_ANSWER).to_pylist()
+    result = run(cfg, stages=["judge"])
+    assert set(result["versions"]) == {"arena/en/policy", "arena/en/again", "judge/en"}
+    # The key is in no file: the versions, the cache records, the run records, the report and the saved config.
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "manifest.json" for path in written) and any("_prefect" in path.parts for path in written)
+    for path in written:
+        assert b"sk-secret-value-123" not in path.read_bytes(), path
+    answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
     assert len(answers) == 4 and all(a["output"] for a in answers)
-    judgments = StageStore(cfg.run_dir, "judge").read(JUDGMENT).to_pylist()
+    # LIBRARY BUG (croco.contestants.identity, used by tasks/arena.py `settings`): the arena key leaves out the
+    # contestant's name, so "again" (the same model as the policy) shares the policy's version: its answers are labelled
+    # "policy" and the judge finds no battle. See tests/tasks/test_arena.py.
+    assert sorted(a["model"] for a in answers) == ["again", "again", "policy", "policy"]
+    judgments = read(cfg, "judge", JUDGMENT).to_pylist()
     assert len(judgments) == 4  # 2 questions x 2 orders
     assert all(j["outcome"] is not None or j["unparseable"] in {"no_verdict", "length"} for j in judgments)
-    for path in (tmp_path / "run").rglob("*"):
-        if path.is_file():
-            assert b"sk-secret-value-123" not in path.read_bytes(), path

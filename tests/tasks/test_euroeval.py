@@ -118,7 +118,7 @@ def test_real_euroeval_offline_on_a_local_dataset_and_a_local_server(tmp_path, t
     unit = plan.by_id["euroeval/da/policy"]
     storage = Storage(cfg.storage.root)
     version = storage.version_at(unit.version_path)
-    workdir = euroeval.work_folder(version)
+    workdir = version.work_folder()
     workdir.mkdir(parents=True)
     for metric in (DATA / "metrics").iterdir():  # EuroEval loads metrics by name; offline they must sit in its working folder
         shutil.copytree(metric, workdir / metric.name)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +26,13 @@ def arena_file(tmp_path):
     return write_jsonl(tmp_path / "arena.jsonl", rows)
 
 
-def judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, judge, **sections):
+def judge_config(tmp_path, tiny_models, other_model, prompts_file, arena_file, judge, name="smollm", arena_tokens=12, **sections):
     return make_config(
         tmp_path / "store",
         tiny_models,
         [{"path": str(prompts_file)}],
-        evaluate={"run_adapters": [], "models": {"smollm": {"path": str(smollm_dir)}}},
-        arena={"prompts": {"path": str(arena_file)}, "max_new_tokens": 12, "engine": {"batch_size": 8}},
+        evaluate={"run_adapters": [], "models": {name: {"path": str(other_model)}}},
+        arena={"prompts": {"path": str(arena_file)}, "max_new_tokens": arena_tokens, "engine": {"batch_size": 8}},
         judge=judge,
         **sections,
     )
@@ -79,11 +80,15 @@ class CountingGenerator:
 QUESTIONS = 60  # x 2 orders = 120 judgments: a full shard of 64 and one of 56
 
 
-def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, smollm_dir, prompts_file, prefect_server, monkeypatch):
-    # The tiny random model is the judge: its verdicts are nonsense (mostly unparseable), but every call counts.
+def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prompts_file, prefect_server, monkeypatch):
+    # The tiny random model is the judge: its verdicts are nonsense (unparseable), but every call counts. Short answers
+    # and judgments keep the 120 judgments fast on a CPU (the tiny model still needs about 0.1 s a judgment).
     questions = write_jsonl(tmp_path / "arena.jsonl", [arena_question(f"q{i}", "en", "coding" if i % 2 else "math") for i in range(QUESTIONS)])
-    llm_judge = {"kind": "llm", "model": {"path": tiny_models["policy"]}, "max_new_tokens": 150, "engine": {"batch_size": 8}}
-    cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, questions, llm_judge, languages=["en"], retries={"default": {"attempts": 0}})
+    llm_judge = {"kind": "llm", "model": {"path": tiny_models["policy"]}, "max_new_tokens": 8, "engine": {"batch_size": 8}}
+    # The evaluated model is a copy of the tiny policy in another folder (SmolLM2 would take a minute for 60 answers).
+    other = shutil.copytree(tiny_models["policy"], tmp_path / "other-model")
+    cfg = judge_config(tmp_path, tiny_models, other, prompts_file, questions, llm_judge, name="other", arena_tokens=6,
+                       languages=["en"], retries={"default": {"attempts": 0}})
     run(cfg, stages=["arena"])
     total = 2 * QUESTIONS
     assert JUDGMENTS_PER_SHARD < total < 2 * JUDGMENTS_PER_SHARD
@@ -110,7 +115,7 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, smol
     monkeypatch.setattr(croco.judging, "load_generator", lambda engine, model: CountingGenerator(real_load(engine, model)))
     CountingGenerator.calls = 0
     result = run(cfg, stages=["judge"])
-    assert result["cached"]["judge/en"] is False and result["cached"]["arena/en/smollm"] is True
+    assert result["cached"]["judge/en"] is False and result["cached"]["arena/en/other"] is True
     missing = total - JUDGMENTS_PER_SHARD
     assert CountingGenerator.calls == missing  # only the shard the killed run had not finished
     manifest = out.manifest()

@@ -10,7 +10,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from croco.cli import main
-from croco.training import workdir
 
 from conftest import make_config, prompt_record, run, version, write_jsonl
 
@@ -45,7 +44,7 @@ def test_sft_and_dpo_write_adapter_metrics_and_plots(tmp_path, tiny_models, prom
         assert all(math.isfinite(e["loss"]) for e in history if "loss" in e)
         # No checkpoints were uploaded, and the local work folder was dropped after the upload.
         assert not (folder / "checkpoints").exists() and not any(p.name.startswith("checkpoint") for p in folder.rglob("*"))
-        work = workdir(out)  # workdir() creates the folder it names: it must come back empty
+        work = out.work_folder()  # work_folder() creates the folder it names: it must come back empty
         assert not any(work.iterdir())
         work.rmdir()
         base = AutoModelForCausalLM.from_pretrained(tiny_models["policy"])
@@ -88,7 +87,7 @@ def test_a_crashed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_
         run(cfg, stages=["dpo"])
     out = version(cfg, "dpo/all")
     assert not out.committed()
-    assert (workdir(out) / "checkpoints" / "checkpoint-2").is_dir()
+    assert (out.work_folder() / "checkpoints" / "checkpoint-2").is_dir()
     monkeypatch.setattr(trl.DPOTrainer, "training_step", original)
     result = run(cfg, stages=["dpo"])
     assert result["cached"]["dpo/all"] is False and result["cached"]["pair/all"] is True
