@@ -19,5 +19,4 @@ def evaluate(config: str, overrides: list[str] | None = None, languages: list[st
         languages: Evaluate these language codes instead of the config's `languages`.
         models: More models to evaluate, name -> model folder or hub id (added to evaluate.models).
     """
-    extra = [f"evaluate.models.{name}={{path: '{path}'}}" for name, path in (models or {}).items()]
-    return execute(load_run_config(config, [*(overrides or []), *extra], languages), targets=["arena", "judge", "euroeval"])
+    return execute(load_run_config(config, overrides, languages, models), targets=["arena", "judge", "euroeval"])

@@ -22,21 +22,25 @@ from croco.config import CrocoConfig, load_config
 from croco.plan import Plan, build_plan, describe, stage_modules
 from croco.report import run_folder, write_report
 from croco.storage import Storage
-from croco.summaries import publish_markdown, publish_table
+from croco.summaries import publish_markdown, publish_summary, publish_table
 
 log = logging.getLogger("croco")
 
 
-def load_run_config(config: str, overrides: list[str] | None, languages: list[str] | None) -> CrocoConfig:
-    """The config at a local path or an fsspec URI (s3://...), with overrides and an optional language list."""
-    overrides = list(overrides or [])
-    if languages:
-        overrides.append(f"languages=[{','.join(languages)}]")
+def load_run_config(config: str, overrides: list[str] | None, languages: list[str] | None = None, models: dict[str, str] | None = None) -> CrocoConfig:
+    """The config at a local path or an fsspec URI (s3://...), with overrides, and the flow parameters that
+    replace its languages or add models to evaluate (set as values, never re-read as YAML: `no` stays a string)."""
     if "://" in config:
         with fsspec.open(config, "r", encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
-        return load_config(config, overrides, raw=raw)
-    return load_config(config, overrides)
+    else:
+        raw = None
+    updates: dict = {}
+    if languages:
+        updates["languages"] = list(languages)
+    if models:
+        updates["evaluate"] = {"models": {name: {"path": path} for name, path in models.items()}}
+    return load_config(config, list(overrides or []), raw=raw, updates=updates)
 
 
 def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any]:
@@ -64,6 +68,8 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
             state = with_execution(tasks[unit.stage], cfg, storage)(cfg, unit, return_state=True)
             state.result()  # raises the task's error
             cached[unit.id] = state.name == "Cached"
+            if cached[unit.id]:  # a unit that ran has published its summary itself
+                publish_summary(unit, storage.version_at(unit.version_path).manifest())
         manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
         sections = _evaluation_sections(cfg, plan, storage)
         report_uri, report = write_report(cfg, plan, storage, manifests, sections)

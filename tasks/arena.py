@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections import Counter
 from typing import Any
@@ -120,11 +119,13 @@ def _check(raw: Any, location: str, language: str | None, wanted: dict[str, str]
 
 
 def _subsample(questions: list[dict], per_language: int | None, seed: int) -> list[dict]:
-    ids = sorted({q["question_id"] for q in questions})
-    if per_language is not None and per_language < len(ids):
-        chosen = set(random.Random(seed).sample(ids, per_language))
-        questions = [q for q in questions if q["question_id"] in chosen]
-    return sorted(questions, key=lambda q: (q["language"], q["question_id"]))
+    """The `per_language` questions of each language that rank first by a seeded hash of their id: parallel
+    languages keep the same ids, and no language's questions depend on which other languages run."""
+    kept = []
+    for language in sorted({q["language"] for q in questions}):
+        mine = sorted((q for q in questions if q["language"] == language), key=lambda q: stable_hash([seed, q["question_id"]]))
+        kept += mine[:per_language] if per_language is not None else mine
+    return sorted(kept, key=lambda q: (q["language"], q["question_id"]))
 
 
 @stage_task

@@ -98,12 +98,10 @@ def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
 
 
 def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
-    # The name is in it too: two names for one model are two versions, each with its own rows.
     return {
         "language": language,
         "datasets": dataset_table(cfg)[language],
-        "model": model,
-        "identity": identity(cfg, model, EngineConfig()),
+        "identity": identity(cfg, model, EngineConfig()),  # with the name: two names for one model are two versions
         "euroeval": cfg.euroeval.model_dump(include={"python", "few_shot", "iterations", "split", "extra_args"}),
     }
 

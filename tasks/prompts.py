@@ -57,7 +57,7 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
         "sources": [source.model_dump() for source in sources],
         "data": cfg.data.model_dump(exclude={"sources"}),
         "seed": cfg.seed,
-        "inputs": [fingerprint(source) for source in sources],
+        "inputs": [fingerprint(source, language, cfg.data.language_field) for source in sources],
     }
 
 

@@ -53,3 +53,13 @@ def test_a_lock_whose_process_died_is_free_and_a_live_one_is_not(tmp_path):
     other = ReleasingLockManager(tmp_path / "locks")
     assert not other.is_locked("score-en-k") and not path.exists()
     assert other.acquire_lock("score-en-k", holder="me-too", acquire_timeout=5)
+
+
+def test_a_lock_never_tagged_with_its_holder_is_released_after_a_minute(tmp_path):
+    path = tmp_path / "locks" / "generate-da-k.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"holder": "someone", "expiration": None}))
+    manager = ReleasingLockManager(tmp_path / "locks")
+    assert manager.is_locked("generate-da-k")  # just taken: its holder is about to tag it
+    os.utime(path, (path.stat().st_atime - 120, path.stat().st_mtime - 120))
+    assert not manager.is_locked("generate-da-k") and not path.exists()

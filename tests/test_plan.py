@@ -26,6 +26,11 @@ def test_execution_settings_never_change_a_key(tmp_path, tiny_models, prompts_fi
         retries={"default": {"attempts": 5, "delay_s": 1}}, sft={"save_steps": 7}, name="another-name",
     )
     assert keys(faster) == base
+    served = {"name": "openai", "base_url": "http://127.0.0.1:8000/v1", "served_model": "policy"}
+    one = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": served}))
+    elsewhere = {**served, "base_url": "http://10.0.0.1:9000/v1", "concurrency": 64, "timeout_s": 5.0, "max_retries": 0, "api_key_env": "K"}
+    assert keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": elsewhere})) == one
+    assert one["generate/en"] != base["generate/en"]  # another engine samples differently
 
 
 def test_a_setting_changes_its_stage_and_every_stage_after_it(tmp_path, tiny_models, prompts_file):
@@ -38,11 +43,18 @@ def test_a_setting_changes_its_stage_and_every_stage_after_it(tmp_path, tiny_mod
     assert {u for u in base if base[u] != sft_only[u]} == {"sft/all"}
 
 
-def test_the_content_of_an_input_file_is_in_the_key(tmp_path, tiny_models, prompts_file):
+def test_a_languages_records_in_a_shared_file_are_in_its_key_and_no_other(tmp_path, tiny_models, prompts_file):
     before = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
     prompts_file.write_text(prompts_file.read_text().replace("Question 0 in en", "Question zero in en"))
-    after = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
-    assert {u for u in before if before[u] != after[u]} == set(before)  # the file holds both languages
+    edited = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
+    assert {u for u in before if before[u] != edited[u]} == {"prompts/en", "generate/en", "score/en", "pair/all", "sft/all", "dpo/all"}
+    with open(prompts_file, "a", encoding="utf-8") as handle:  # a new language's rows added to the same file
+        handle.write('{"prompt_id": "p0", "language": "ga", "messages": [{"role": "user", "content": "Ceist?"}]}\n')
+    with_ga = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], languages=["en", "da", "ga"]))
+    assert all(with_ga[u] == edited[u] for u in edited if not u.endswith("/all"))
+    prompts_file.write_text(prompts_file.read_text() + "not json\n")  # a record of no language concerns every language
+    broken = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
+    assert broken["prompts/en"] != edited["prompts/en"] and broken["prompts/da"] != edited["prompts/da"]
 
 
 def test_a_disabled_stage_has_no_units_and_evaluation_reads_the_adapters(tmp_path, tiny_models, prompts_file):
@@ -51,3 +63,14 @@ def test_a_disabled_stage_has_no_units_and_evaluation_reads_the_adapters(tmp_pat
     arena = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], arena={"prompts": {"path": "embedded:demo-arena"}}))
     assert dict(arena.by_id["arena/da/dpo"].inputs) == {"dpo/all": arena.by_id["dpo/all"].version_path}
     assert [u.id for u in arena.of("judge")] == ["judge/en", "judge/da"]
+
+
+def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file):
+    import shutil
+
+    policy = shutil.copytree(tiny_models["policy"], tmp_path / "policy")
+    models = {**tiny_models, "policy": str(policy)}
+    before = keys(make_config(tmp_path, models, [{"path": str(prompts_file)}]))
+    (policy / "generation_config.json").write_text((policy / "generation_config.json").read_text().replace("}", ', "retrained": true}', 1))
+    after = keys(make_config(tmp_path, models, [{"path": str(prompts_file)}]))
+    assert {u for u in before if before[u] != after[u]} == {u for u in before if not u.startswith("prompts/")}

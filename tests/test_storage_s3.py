@@ -3,6 +3,7 @@
 import datasets
 import pytest
 
+from croco.caching import result_storage
 from croco.records import SAMPLE
 from croco.storage import Storage
 
@@ -41,6 +42,10 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     first = pipeline(config=str(config))
     assert not any(first["cached"].values()) and first["versions"]["generate/en"].startswith(f"{root}/generate/en/")
     assert all(pipeline(config=str(config))["cached"].values())
+    gone = version(cfg, "generate/da")
+    Storage(root).fs.rm(gone.path, recursive=True)  # the cache record is on this machine; the data is not
+    assert [unit for unit, hit in pipeline(config=str(config))["cached"].items() if not hit] == ["generate/da"]
+    assert gone.committed()
 
     old = version(cfg, "generate/en")
     old_samples = old.read(SAMPLE)
@@ -62,4 +67,6 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     secret = s3_env["AWS_SECRET_ACCESS_KEY"]
     for path in storage.fs.find(storage.root):
         assert secret.encode() not in storage.fs.cat_file(path), path
+    records = result_storage(storage)  # Prefect's cache records of an S3 root stay on this machine
+    assert sorted(p.name for p in records.iterdir()) and all(secret.encode() not in p.read_bytes() for p in records.iterdir())
     assert secret not in caplog.text

@@ -39,6 +39,7 @@ from croco.storage import Storage, Version
 log = logging.getLogger("croco")
 
 RECORDS = "_prefect"  # cache records under the storage root
+UNTAGGED_LOCK_S = 60
 
 
 def record_key(unit: Unit) -> str:
@@ -65,16 +66,25 @@ class ReleasingLockManager(FileSystemLockManager):
             return False
         except ValueError:  # the holder has created the file but not written it yet
             return True
-        if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+        if _abandoned(info, Path(path)):
             Path(path).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True  # written by a process that has not added its pid yet
+def _abandoned(info: dict, path: Path) -> bool:
+    """Held by a process of this host that has died, or never tagged with its holder's pid (the holder died
+    between taking the lock and tagging it, which takes microseconds)."""
+    if "pid" not in info:
+        try:
+            return time.time() - path.stat().st_mtime > UNTAGGED_LOCK_S
+        except FileNotFoundError:  # released meanwhile
+            return False
+    return info.get("host") == socket.gethostname() and not _alive(info["pid"])
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,11 +103,12 @@ class UnitCachePolicy(CachePolicy):
         version = storage.version(unit.stage, unit.language, unit.key)
         problems = version.problems()
         if problems:
-            if problems != ["not committed"]:
+            stale = version.stale_inputs()
+            if stale:
+                version.discard("; ".join(stale[:3]))
+            elif problems != ["not committed"]:
                 version.uncommit("; ".join(problems[:3]))
-            record = f"{storage.root}/{RECORDS}/{record_key(unit)}"
-            if storage.fs.exists(record):
-                storage.fs.rm(record)  # points at data that is gone: not a cache hit
+            (result_storage(storage) / record_key(unit)).unlink(missing_ok=True)  # points at data that is gone: no hit
         return record_key(unit)
 
 
@@ -153,7 +164,7 @@ def stage_task(work: Work):
                 "model": unit.model,
                 "key": unit.key,
                 "settings": unit.settings,
-                "lineage": {unit_id: version.uri for unit_id, version in inputs.items()},
+                "lineage": {unit_id: {"version": v.relative, "uri": v.uri, "digest": v.manifest()["digest"]} for unit_id, v in inputs.items()},
                 "wall_s": round(time.perf_counter() - started, 2),
                 **report,
             }

@@ -55,16 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--notify", action="store_true", help="emit the Prefect event croco.config.languages-added if the config has new languages")
     runs = commands.add_parser("runs", help="list the runs recorded in the config's storage, newest first")
     with_config(runs)
-    gc = commands.add_parser("gc", help="delete stage versions that none of the newest runs used")
+    gc = commands.add_parser("gc", help="delete stage versions that none of this config's newest runs (nor another config's runs) used")
     with_config(gc)
-    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep every version the N newest runs used")
+    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep every version the N newest runs of this config used (N >= 1)")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print the reference of every config key (Markdown)")
     merge = commands.add_parser("merge", help="fold a LoRA adapter into its base model and save a full model folder")
-    merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/adapter")
+    merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/all/<key>/files/adapter (`croco plan` shows the key)")
     merge.add_argument("--out", type=Path, help="output folder (default: merged/ beside the adapter)")
     merge.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weight dtype of the merged model")
     prefetch = commands.add_parser("prefetch", help="download the config's hub models, arena prompts and EuroEval datasets (for offline clusters)")
@@ -168,7 +168,7 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
         for run in storage.runs():
             print(f"{run['run_id']}  {run['name']:12} {run['status']:9} {','.join(run['languages']):20} {len(run['versions'])} versions")
         return 0
-    deleted, kept = storage.gc(args.keep, dry_run=args.dry_run)
+    deleted, kept = storage.gc(cfg.name, args.keep, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for path in deleted:
         print(f"{verb} {path}")

@@ -242,7 +242,7 @@ class RetryConfig(_Section):
 
 class CrocoConfig(_Section):
     name: str = Field(
-        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the report and run records go to `<storage.root>/runs/<name>/`."
+        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the report goes to `<storage.root>/runs/<name>/`; `croco gc` and `croco runs` go by it."
     )
     storage: StorageConfig = StorageConfig()
     retries: dict[str, RetryConfig] = Field(
@@ -271,7 +271,7 @@ class CrocoConfig(_Section):
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 raise ValueError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}"))
-        return retries
+        return {"default": RetryConfig(attempts=1), **retries}  # naming one stage keeps the default for the others
 
     @field_validator("languages")
     @classmethod
@@ -284,8 +284,9 @@ class CrocoConfig(_Section):
         return codes
 
 
-def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None) -> CrocoConfig:
-    """Read a YAML config (or take its parsed `raw` content), apply `key.path=value` overrides, and validate it all."""
+def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None, updates: dict[str, Any] | None = None) -> CrocoConfig:
+    """Read a YAML config (or take its parsed `raw` content), apply `key.path=value` overrides, then `updates`
+    (values merged into the sections they name), and validate it all."""
     if raw is None:
         path = Path(path)
         try:
@@ -298,7 +299,16 @@ def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None) ->
         raise CrocoError(f"config file {path} must hold a mapping of keys to values")
     for override in overrides:
         _apply_override(raw, override)
+    _merge(raw, updates or {})
     return parse_config(raw, source=str(path))
+
+
+def _merge(raw: dict[str, Any], updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            _merge(raw[key], value)
+        else:
+            raw[key] = value
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> CrocoConfig:

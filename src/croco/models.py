@@ -7,12 +7,14 @@ config turns it on, and embedded models resolve to their cache folder.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from croco.config import ModelConfig
-from croco.embedded import resolve_model
+from croco.embedded import is_embedded, resolve_model
+from croco.fileio import folder_sha256
 from croco.errors import CrocoError
 
 
@@ -71,7 +73,8 @@ def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bo
 
 
 def model_identity(model: ModelConfig) -> dict[str, Any]:
-    """What identifies a model's behaviour in a stage key: its id, revision, adapter and chat template."""
+    """What identifies a model's behaviour in a stage key: its id, revision, chat template, and the content
+    of local weight and adapter folders (retraining into the same folder must not be a cache hit)."""
     template = load_tokenizer(model).chat_template or ""
     found = {
         "path": model.path,
@@ -80,6 +83,11 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
         "dtype": model.dtype,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
     }
-    if model.chat_template_kwargs:  # only when set, so keys of runs made before this option stay valid
+    if model.chat_template_kwargs:
         found["chat_template_kwargs"] = model.chat_template_kwargs
+    local = Path(resolve_model(model.path))
+    if not is_embedded(model.path) and local.is_dir():  # embedded models are named by croco's version
+        found["weights_sha256"] = folder_sha256(local)
+    if model.adapter:
+        found["adapter_sha256"] = folder_sha256(Path(model.adapter))
     return found

@@ -5,6 +5,7 @@ Shared by the prompts stage and the arena stage; each checks the records' schema
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,7 +13,7 @@ from typing import Any, Iterator
 from croco.config import DataSource
 from croco.embedded import resolve_data
 from croco.errors import CrocoError
-from croco.fileio import file_sha256
+from croco.fileio import file_sha256, folder_sha256
 
 
 def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -69,9 +70,22 @@ def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]
         yield f"dataset {source.path} row {number}", row
 
 
-def fingerprint(source: DataSource) -> dict[str, Any]:
+def fingerprint(source: DataSource, language: str, language_field: str) -> dict[str, Any]:
+    """What of a source can change one language's prompts: for a file holding several languages, the
+    records of that language and those no language can be read from (they stop or are rejected in every
+    language), so adding another language's rows leaves this language's key as it is."""
     local = local_path(source)
-    if local is not None:
+    if local is not None and source.language is not None:
         return {"file": str(local), "sha256": file_sha256(local)}
+    if local is not None:
+        digest = hashlib.sha256()
+        for _, raw in read_source(source):
+            tagged = raw.get(language_field) if isinstance(raw, dict) else None
+            if tagged == language or not isinstance(tagged, str):
+                digest.update(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        return {"file": str(local), "records_sha256": digest.hexdigest()}
+    folder = Path(source.path)
+    if folder.is_dir():
+        return {"folder": str(folder.resolve()), "sha256": folder_sha256(folder), "split": source.split, "name": source.name}
     return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision}
 

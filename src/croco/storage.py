@@ -48,10 +48,6 @@ class CorruptShard(CrocoError):
     """A shard does not match its index entry; its version has been uncommitted so a rerun redoes it."""
 
 
-def open_storage(root: str) -> "Storage":
-    return Storage(root)
-
-
 class Storage:
     def __init__(self, root: str):
         if "@" in root.split("://", 1)[-1].split("/", 1)[0]:
@@ -89,11 +85,15 @@ class Storage:
         records = [json.loads(self.fs.cat_file(p)) for p in paths]
         return sorted(records, key=lambda r: r["started_at"], reverse=True)
 
-    def gc(self, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
-        """Delete committed versions that none of the `keep` newest runs used; (deleted, kept) paths.
-        Uncommitted versions are work in progress (a running or killed task resumes from them): kept."""
-        runs = self.runs()
-        referenced = {path for run in runs[:keep] for path in run["versions"].values()}
+    def gc(self, name: str, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
+        """Delete committed versions that neither the `keep` newest runs of config `name` nor any run of another
+        config used, and the older run records of `name`; (deleted, kept) paths. Uncommitted versions are work
+        in progress (a running or killed task resumes from them): kept."""
+        if keep < 1:
+            raise CrocoError(f"--keep must be at least 1 (got {keep}): the newest run's versions are always kept")
+        runs = [run for run in self.runs() if run["name"] == name]
+        others = [run for run in self.runs() if run["name"] != name]
+        referenced = {path for run in runs[:keep] + others for path in run["versions"].values()}
         deleted, kept = [], []
         for version in self.versions():
             relative = version.relative
@@ -181,7 +181,23 @@ class Version:
             have = sizes.get(f"files/{name}")
             if have != size:
                 found.append(f"files/{name} is missing" if have is None else f"files/{name} has {have} bytes, the manifest says {size}")
+        return found + self.stale_inputs(manifest)
+
+    def stale_inputs(self, manifest: dict[str, Any] | None = None) -> list[str]:
+        """Inputs that are gone or hold other data than this version was made from (recomputed on another
+        machine or engine, where sampling is not bit-for-bit reproducible)."""
+        manifest = manifest or self.manifest() or {}
+        found = []
+        for read in manifest.get("lineage", {}).values():
+            now = self.storage.version_at(read["version"]).manifest()
+            if now is None or now["digest"] != read["digest"]:
+                found.append(f"its input {read['version']} has been {'removed' if now is None else 'recomputed with other data'} since")
         return found
+
+    def discard(self, reason: str) -> None:
+        """Remove the whole version, finished shards included: they were made from data that is gone."""
+        log.warning("%s: %s; it will be recomputed from scratch", self.relative, reason)
+        self.storage.fs.rm(self.path, recursive=True)
 
     def uncommit(self, reason: str) -> None:
         """Take back the commit marker so the stage runs again and redoes what is broken."""
@@ -265,7 +281,7 @@ class Version:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             self.remove_shard(name)
             if self.committed():
-                self.storage.fs.rm(f"{self.path}/{MANIFEST}")
+                self.uncommit(f"shard {part}/part-{name}.parquet is missing or corrupt")
             raise CorruptShard(f"{self.uri}: shard {part}/part-{name}.parquet is missing or corrupt (sha256 differs from its index); it was removed, rerun to redo it")
         return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
 
@@ -311,12 +327,15 @@ class Version:
     def commit(self, report: dict[str, Any]) -> dict[str, Any]:
         """Write the manifest, last: from now on the version is complete and immutable."""
         shards = self.finished_shards(verify=False)  # this task wrote or verified each of them
+        files = self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {}
         manifest = {
             **report,
             "version": self.relative,
             "uri": self.uri,
             "shards": shards,
-            "files": self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {},
+            "files": files,
+            # What the data is, not only what asked for it: a later unit records the digests it read.
+            "digest": stable_hash([{n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()}, files]),
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.storage.put(f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())

@@ -62,9 +62,7 @@ def test_arena_and_llm_judge_through_the_server_keep_the_key_out_of_every_file(o
         assert b"sk-secret-value-123" not in path.read_bytes(), path
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
     assert len(answers) == 4 and all(a["output"] for a in answers)
-    # LIBRARY BUG (croco.contestants.identity, used by tasks/arena.py `settings`): the arena key leaves out the
-    # contestant's name, so "again" (the same model as the policy) shares the policy's version: its answers are labelled
-    # "policy" and the judge finds no battle. See tests/tasks/test_arena.py.
+    # "again" is the same model as the policy under another name: a unit of its own, its answers under its name.
     assert sorted(a["model"] for a in answers) == ["again", "again", "policy", "policy"]
     judgments = read(cfg, "judge", JUDGMENT).to_pylist()
     assert len(judgments) == 4  # 2 questions x 2 orders

@@ -23,7 +23,8 @@ def prefect_api(tmp_path):
     """`infra/prefect-server.sh` on a free port with its own PREFECT_HOME; yields the environment that points at it."""
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / "prefect-home"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PREFECT_API_URL", None)
+    for inherited in ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
+        env.pop(inherited, None)  # a user's shell has none of them (importing croco set the last two here)
     with background(["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)], f"http://127.0.0.1:{port}/api/health", tmp_path / "server.log", env=env):
         yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
 
@@ -81,6 +82,10 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
         assert version(cfg, "score/da").committed()
         keys = {a.key for a in artifacts(prefect_api, pipeline_run.id)}
         assert {"croco-plan-deployed", "croco-report-deployed", "croco-generate-en", "croco-score-da"} <= keys
+        lines = [entry.message for entry in logs(prefect_api, pipeline_run.id)]
+        assert any(line.startswith("generate/en: ") for line in lines), lines[:20]  # croco's stage logs are the run's logs
+        [languages_deployment] = deployments(prefect_api, "croco-languages/croco-languages")
+        assert [s.schedule.cron for s in languages_deployment.schedules] == ["0 3 * * *"]
 
         with_ga = make_config(tmp_path / "store", tiny_models, sources, languages=["en", "da", "ga"], **sections)
         save_config(with_ga, config)
@@ -102,6 +107,31 @@ def artifacts(env, flow_run_id) -> list:
     async def read():
         async with get_client() as client:
             return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return asyncio.run(read())
+
+
+def logs(env, flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return asyncio.run(read())
+
+
+def deployments(env, name) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return [await client.read_deployment_by_name(name)]
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         return asyncio.run(read())

@@ -2,6 +2,7 @@
 
 import shutil
 
+import pyarrow as pa
 import pytest
 
 from croco.records import SAMPLE
@@ -74,3 +75,18 @@ def test_one_stage_runs_with_the_finished_work_it_reads(tmp_path, tiny_models, p
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], **NO_TRAINING)
     assert ran(run(cfg, stages=["generate"])) == {"prompts/en", "prompts/da", "generate/en", "generate/da"}
     assert ran(run(cfg, stages=["score"])) == {"score/en", "score/da"}
+
+
+def test_units_made_from_data_that_was_recomputed_differently_are_redone(tmp_path, tiny_models, prompts_file, caplog):
+    """Sampling on a GPU or a server is not bit-for-bit reproducible: a recomputed input under the same key
+    may hold other samples, and what was scored from the old ones must not be handed on."""
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], **NO_TRAINING)
+    run(cfg)
+    redone = version(cfg, "generate/en")
+    manifest = redone.manifest()
+    shard = redone.read_shard("00000", SAMPLE)
+    redone.write_shard("00000", shard.set_column(shard.schema.get_field_index("response"), "response", pa.array(["other"] * shard.num_rows)), SAMPLE)
+    redone.commit({k: v for k, v in manifest.items() if k not in ("shards", "files", "digest", "version", "uri", "committed_at")})
+    caplog.set_level("WARNING", logger="croco")
+    assert ran(run(cfg)) == {"score/en", "pair/all"}
+    assert "score/en/" in caplog.text and "its input generate/en/" in caplog.text and "recomputed with other data" in caplog.text

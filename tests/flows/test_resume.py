@@ -31,9 +31,22 @@ def config_of(tmp_path, tiny_models):
     return make
 
 
-def start(script_args, prefect_server):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_API_URL": prefect_server}
-    return subprocess.Popen([sys.executable, *script_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+class Run:
+    """A subprocess whose output goes to files (an unread pipe fills up and blocks it), with its start and end times."""
+
+    def __init__(self, script_args, prefect_server, folder):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_API_URL": prefect_server}
+        self.out, self.err = (open(folder / f"{id(self)}.{part}", "w+") for part in ("out", "err"))
+        self.started = time.time()
+        self.process = subprocess.Popen([sys.executable, *script_args], stdout=self.out, stderr=self.err, env=env, text=True)
+
+    def finish(self, timeout=600) -> str:
+        code = self.process.wait(timeout=timeout)  # a lock left by a killed run must not block a rerun
+        self.ended = time.time()
+        self.err.seek(0)
+        assert code == 0, self.err.read()[-3000:]
+        self.out.seek(0)
+        return self.out.read()
 
 
 def sorted_rows(cfg, stage, schema, columns):
@@ -41,26 +54,24 @@ def sorted_rows(cfg, stage, schema, columns):
     return read(cfg, stage, schema, [*key, *columns]).sort_by([(k, "ascending") for k in key])
 
 
-def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(config_of, prefect_server):
+def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(config_of, prefect_server, tmp_path):
     killed_cfg, killed_path = config_of("killed")
     generate_en = version(killed_cfg, "generate/en")
-    process = start(["-m", "croco.cli", "run", str(killed_path)], prefect_server)
+    killed = Run(["-m", "croco.cli", "run", str(killed_path)], prefect_server, tmp_path)
     deadline = time.monotonic() + 180
     while len(generate_en.finished_shards(verify=False)) < 3:
-        assert process.poll() is None, process.stderr.read()
+        assert killed.process.poll() is None, open(killed.err.name).read()
         assert time.monotonic() < deadline, "generate never wrote a shard"
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed.process.send_signal(signal.SIGKILL)
+    killed.process.wait()
     done_at_kill = len(generate_en.finished_shards(verify=False))
     assert not generate_en.committed() and done_at_kill < 20
 
-    rerun = start(["-m", "croco.cli", "run", str(killed_path)], prefect_server)
-    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()  # a lock left by the killed run must not block it
+    Run(["-m", "croco.cli", "run", str(killed_path)], prefect_server, tmp_path).finish()
     assert generate_en.manifest()["shards_resumed"] >= done_at_kill
     full_cfg, full_path = config_of("full")
-    full = start(["-m", "croco.cli", "run", str(full_path)], prefect_server)
-    assert full.wait() == 0, full.stderr.read()
+    Run(["-m", "croco.cli", "run", str(full_path)], prefect_server, tmp_path).finish()
 
     for stage, schema, columns in (("generate", SAMPLE, ["response", "finish_reason"]), ("score", SCORE, ["reward"])):
         resumed, uninterrupted = sorted_rows(killed_cfg, stage, schema, columns), sorted_rows(full_cfg, stage, schema, columns)
@@ -69,18 +80,15 @@ def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(config_
     assert not list((killed_path.parent / "killed").rglob("*.tmp"))
 
 
-def test_two_runs_of_one_config_at_once_compute_every_unit_once(config_of, prefect_server):
+def test_two_runs_of_one_config_at_once_compute_every_unit_once(config_of, prefect_server, tmp_path):
     cfg, path = config_of("shared")
-    first, second = (start(["-c", RUN_AND_PRINT, str(path)], prefect_server) for _ in range(2))
-    results = []
-    for process in (first, second):
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    runs = [Run(["-c", RUN_AND_PRINT, str(path)], prefect_server, tmp_path) for _ in range(2)]
+    results = [json.loads(run.finish().strip().splitlines()[-1]) for run in runs]
+    assert runs[1].started < runs[0].ended and runs[0].started < runs[1].ended  # they did overlap
     assert set(results[0]) == set(results[1])
     for unit in results[0]:
-        assert [results[0][unit], results[1][unit]].count(False) == 1, f"{unit} was computed {[results[0][unit], results[1][unit]].count(False)} times"
+        computed = [results[0][unit], results[1][unit]].count(False)
+        assert computed == 1, f"{unit} was computed {computed} times"
     alone_cfg, alone_path = config_of("alone")
-    alone = start(["-c", RUN_AND_PRINT, str(alone_path)], prefect_server)
-    assert alone.wait() == 0, alone.stderr.read()
+    Run(["-c", RUN_AND_PRINT, str(alone_path)], prefect_server, tmp_path).finish()
     assert sorted_rows(cfg, "generate", SAMPLE, ["response"]).equals(sorted_rows(alone_cfg, "generate", SAMPLE, ["response"]))

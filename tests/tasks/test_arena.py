@@ -73,9 +73,7 @@ def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(tmp_p
     changed = arena_config(tmp_path, tiny_models, prompts_file, arena_file, evaluate={"run_adapters": [], "models": {"other": {"path": tiny_models["policy"]}}})
     again = run(changed, stages=["arena"])
     assert {unit: again["versions"][unit] for unit in policy_versions} == policy_versions
-    # LIBRARY BUG (croco.contestants.identity, used by tasks/arena.py `settings`): the arena unit key leaves out the
-    # contestant's name, while its records carry it (`model`). "other", now configured exactly like the policy, gets the
-    # policy's key, so it shares the policy's version: a cache hit whose answers are all labelled "policy".
+    # "other", now configured exactly like the policy, is still a unit of its own: its records carry its name.
     for language in ("en", "da"):
         assert again["versions"][f"arena/{language}/other"] != again["versions"][f"arena/{language}/policy"], (
             f"arena/{language}/other shares the policy's version {again['versions'][f'arena/{language}/policy']}"

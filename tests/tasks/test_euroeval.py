@@ -119,7 +119,6 @@ def test_real_euroeval_offline_on_a_local_dataset_and_a_local_server(tmp_path, t
     storage = Storage(cfg.storage.root)
     version = storage.version_at(unit.version_path)
     workdir = version.work_folder()
-    workdir.mkdir(parents=True)
     for metric in (DATA / "metrics").iterdir():  # EuroEval loads metrics by name; offline they must sit in its working folder
         shutil.copytree(metric, workdir / metric.name)
     # The folder EuroEval is told about (<workdir>/policy), made first so the server can serve it under that name.
