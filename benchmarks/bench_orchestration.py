@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_orchestration.py [CONFIG] [KEY=VALUE ...]
 
-One process, one after the other on fresh storage roots: (1) every unit of the plan through its
+One process, one after the other on fresh storage roots, after a small warm-up run that loads
+every model once: (1) every unit of the plan through its
 task's plain function (`task.fn`, no Prefect), (2) the pipeline flow, after a temporary Prefect
 server is already up (its start-up is printed apart), (3) a fully cached rerun of the flow in a
 new `croco run` process, interpreter start included, once with no server configured (it starts
@@ -59,6 +60,9 @@ def main() -> None:
     overrides = sys.argv[2:]
     with tempfile.TemporaryDirectory() as tmp:
         load_config(config, overrides).models  # validates before any timing
+        # Both sides find the models built, converted and in the page cache: a small run loads them all first.
+        warm = ["generate.num_samples=1", "generate.max_new_tokens=4", "sft.enabled=false", "dpo.enabled=false", "arena.enabled=false"]
+        timed("warm-up (not compared)", lambda: direct(config, [*overrides, *warm, f"storage.root={tmp}/warm"]))
         plain = timed("stage functions called directly", lambda: direct(config, [*overrides, f"storage.root={tmp}/direct"]))
         timed("temporary Prefect server start (first flow in a process)", warm_up)
         flowed = timed("pipeline flow", lambda: pipeline(config=str(config), overrides=[*overrides, f"storage.root={tmp}/flow"]))
