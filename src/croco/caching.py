@@ -142,7 +142,7 @@ def stage_task(work: Work):
     @task(
         name=name,
         description=work.__doc__,
-        task_run_name=name + "-{unit.language}",
+        task_run_name="{unit.run_name}",
         cache_policy=UNIT_CACHE,
         persist_result=True,
         result_serializer="json",

@@ -33,6 +33,11 @@ class Unit:
         return "/".join(p for p in (self.stage, self.language, self.model) if p)
 
     @property
+    def run_name(self) -> str:
+        """The task run's name in the UI, e.g. arena-da-dpo."""
+        return self.id.replace("/", "-")
+
+    @property
     def version_path(self) -> str:
         return f"{self.stage}/{self.language}/{self.key}"
 
