@@ -74,3 +74,11 @@ def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file)
     (policy / "generation_config.json").write_text((policy / "generation_config.json").read_text().replace("}", ', "retrained": true}', 1))
     after = keys(make_config(tmp_path, models, [{"path": str(prompts_file)}]))
     assert {u for u in before if before[u] != after[u]} == {u for u in before if not u.startswith("prompts/")}
+
+
+def test_keys_do_not_depend_on_where_croco_is_installed():
+    from croco.config import DataSource
+    from croco.sources import fingerprint
+
+    found = fingerprint(DataSource(path="embedded:demo-prompts"), "da", "language")
+    assert found["file"] == "embedded:demo-prompts" and "site-packages" not in str(found) and "/src/croco/" not in str(found)

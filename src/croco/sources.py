@@ -73,17 +73,18 @@ def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]
 def fingerprint(source: DataSource, language: str, language_field: str) -> dict[str, Any]:
     """What of a source can change one language's prompts: for a file holding several languages, the
     records of that language and those no language can be read from (they stop or are rejected in every
-    language), so adding another language's rows leaves this language's key as it is."""
+    language), so adding another language's rows leaves this language's key as it is. A file is named as the
+    config names it, not by where this checkout keeps it (embedded data lives inside each installation)."""
     local = local_path(source)
     if local is not None and source.language is not None:
-        return {"file": str(local), "sha256": file_sha256(local)}
+        return {"file": source.path, "sha256": file_sha256(local)}
     if local is not None:
         digest = hashlib.sha256()
         for _, raw in read_source(source):
             tagged = raw.get(language_field) if isinstance(raw, dict) else None
             if tagged == language or not isinstance(tagged, str):
                 digest.update(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode() + b"\n")
-        return {"file": str(local), "records_sha256": digest.hexdigest()}
+        return {"file": source.path, "records_sha256": digest.hexdigest()}
     folder = Path(source.path)
     if folder.is_dir():
         return {"folder": str(folder.resolve()), "sha256": folder_sha256(folder), "split": source.split, "name": source.name}
