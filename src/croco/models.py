@@ -6,6 +6,7 @@ config turns it on, and embedded models resolve to their cache folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,22 @@ def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bo
     return list(encoded["input_ids"])
 
 
+@functools.lru_cache(maxsize=None)
+def _chat_template_sha256(path: str, revision: str | None, trust_remote_code: bool) -> str:
+    """Read once per process: a plan asks for the same model's identity once per unit."""
+    tokenizer = load_tokenizer(ModelConfig(path=path, revision=revision, trust_remote_code=trust_remote_code))
+    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+
+
 def model_identity(model: ModelConfig) -> dict[str, Any]:
     """What identifies a model's behaviour in a stage key: its id, revision, chat template, and the content
     of local weight and adapter folders (retraining into the same folder must not be a cache hit)."""
-    template = load_tokenizer(model).chat_template or ""
     found = {
         "path": model.path,
         "revision": model.revision,
         "adapter": model.adapter,
         "dtype": model.dtype,
-        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
+        "chat_template_sha256": _chat_template_sha256(model.path, model.revision, model.trust_remote_code),
     }
     if model.chat_template_kwargs:
         found["chat_template_kwargs"] = model.chat_template_kwargs
