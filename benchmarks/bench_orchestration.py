@@ -74,14 +74,14 @@ def main() -> None:
         server = subprocess.Popen(["bash", str(REPO / "infra" / "prefect-server.sh"), port], env={**env, "PREFECT_HOME": f"{tmp}/prefect-home",
                                   "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            _wait_healthy(f"http://127.0.0.1:{port}/api/health")
+            wait_until_up(f"http://127.0.0.1:{port}/api/health")
             served = croco_run(config, cached, {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
             print(f"cached rerun, `croco run` in a new process, long-running local server: {served:.1f} s (target <= 20)")
         finally:
             os.killpg(server.pid, 15)
 
 
-def _wait_healthy(url: str) -> None:
+def wait_until_up(url: str) -> None:
     import urllib.request
 
     for _ in range(240):
@@ -90,7 +90,7 @@ def _wait_healthy(url: str) -> None:
                 return
         except OSError:
             time.sleep(0.5)
-    raise SystemExit(f"no Prefect server at {url}")
+    raise SystemExit(f"no server answers at {url}")
 
 
 if __name__ == "__main__":

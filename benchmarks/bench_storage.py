@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "infra"))
 
+from bench_orchestration import wait_until_up  # noqa: E402
 from s3_server import environment  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, str(REPO / "infra" / "s3_server.py"), "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ.update(environment(args.port))
     try:
-        _wait_ready(f"http://127.0.0.1:{args.port}/moto-api/")
+        wait_until_up(f"http://127.0.0.1:{args.port}/moto-api/")
         run(args)
     finally:
         server.terminate()
@@ -90,18 +91,6 @@ def run(args) -> None:
         best = {k: max(best[k], rates[k]) for k in best}
     print("best: " + ", ".join(f"{k} {v:.1f} MB/s" for k, v in best.items()))
     print(f"write ratio {best['version write'] / best['s3fs put']:.2f}, read ratio {best['version read'] / best['s3fs get']:.2f} (target >= 0.5)")
-
-
-def _wait_ready(url: str) -> None:
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.25)
-    raise SystemExit(f"no S3 server at {url}")
 
 
 if __name__ == "__main__":

@@ -35,19 +35,27 @@ def prefect(env, *args):
     return done.stdout
 
 
-def flow_runs(env, deployment: str) -> list:
+def ask(env, call):
+    """The result of `await call(client)` against the server in `env`."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
     async def read():
         async with get_client() as client:
-            found = await client.read_deployment_by_name(deployment)
-            return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])))
+            return await call(client)
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         return asyncio.run(read())
+
+
+def flow_runs(env, deployment: str) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def call(client):
+        found = await client.read_deployment_by_name(deployment)
+        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])))
+
+    return ask(env, call)
 
 
 def wait_for_completed(env, deployment: str, count: int, timeout: float = 420) -> list:
@@ -84,7 +92,7 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
         assert {"croco-plan-deployed", "croco-report-deployed", "croco-generate-en", "croco-score-da"} <= keys
         lines = [entry.message for entry in logs(prefect_api, pipeline_run.id)]
         assert any(line.startswith("generate/en: ") for line in lines), lines[:20]  # croco's stage logs are the run's logs
-        [languages_deployment] = deployments(prefect_api, "croco-languages/croco-languages")
+        languages_deployment = ask(prefect_api, lambda client: client.read_deployment_by_name("croco-languages/croco-languages"))
         assert [s.schedule.cron for s in languages_deployment.schedules] == ["0 3 * * *"]
 
         with_ga = make_config(tmp_path / "store", tiny_models, sources, languages=["en", "da", "ga"], **sections)
@@ -100,38 +108,12 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
 
 
 def artifacts(env, flow_run_id) -> list:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return asyncio.run(read())
+    return ask(env, lambda client: client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
 
 
 def logs(env, flow_run_id) -> list:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return asyncio.run(read())
-
-
-def deployments(env, name) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    async def read():
-        async with get_client() as client:
-            return [await client.read_deployment_by_name(name)]
-
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return asyncio.run(read())
+    return ask(env, lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
