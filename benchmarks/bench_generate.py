@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from croco.config import parse_config
 from croco.embedded import POLICY, PREFIX, data_file, resolve_model
 from croco.plan import build_plan
-from croco.storage import Storage
+from croco.storage import storage_of
 from croco.tasks.generate import generate
 from croco.tasks.prompts import prompts as load_prompts
 
@@ -72,7 +72,7 @@ def stage(prompts: list[dict], samples: int, max_new_tokens: int, batch_size: in
         plan = build_plan(cfg, ["generate"])
         for unit in plan.units:  # the stage functions themselves, without Prefect (bench_orchestration measures that)
             (load_prompts if unit.stage == "prompts" else generate).fn(cfg, unit)
-        manifests = [Storage(cfg.storage.root).version_at(u.version_path).manifest() for u in plan.of("generate")]
+        manifests = [storage_of(cfg).version_at(u.version_path).manifest() for u in plan.of("generate")]
         seconds = sum(m["throughput"]["seconds"] for m in manifests)
         tokens = sum(m["throughput"]["tokens_per_s"] * m["throughput"]["seconds"] for m in manifests)
         return {"tokens_per_s": tokens / seconds, "seconds": seconds, "wall_s": sum(m["wall_s"] for m in manifests)}

@@ -19,9 +19,11 @@ import yaml
 
 from croco.caching import with_execution
 from croco.config import CrocoConfig, load_config
+from croco.fileio import decode_text
 from croco.plan import Plan, build_plan, describe, stage_modules
+from croco.redaction import redact_value
 from croco.report import run_folder, write_report
-from croco.storage import Storage
+from croco.storage import Storage, storage_of
 from croco.summaries import publish_markdown, publish_summary, publish_table
 
 log = logging.getLogger("croco")
@@ -31,8 +33,8 @@ def load_run_config(config: str, overrides: list[str] | None, languages: list[st
     """The config at a local path or an fsspec URI (s3://...), with overrides, and the flow parameters that
     replace its languages or add models to evaluate (set as values, never re-read as YAML: `no` stays a string)."""
     if "://" in config:
-        with fsspec.open(config, "r", encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
+        with fsspec.open(config, "rb") as handle:
+            raw = yaml.safe_load(decode_text(handle.read(), config))
     else:
         raw = None
     updates: dict = {}
@@ -45,7 +47,7 @@ def load_run_config(config: str, overrides: list[str] | None, languages: list[st
 
 def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any]:
     """Run the units of `targets` (every enabled stage by default) and those they read; write the run record and report."""
-    storage = Storage(cfg.storage.root)
+    storage = storage_of(cfg)
     plan = build_plan(cfg, targets)
     tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{_flow_run_id()}"
@@ -55,13 +57,16 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "languages": cfg.languages,
         "status": "running",
-        "config": cfg.model_dump(mode="json"),
+        "config": redact_value(cfg.model_dump(mode="json")),
         "versions": {unit.id: unit.version_path for unit in plan.units},
+        "skipped": plan.skipped,
     }
     storage.write_run(record)
     planned = describe(plan, storage)
     publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
-    log.info("plan: %d units, %d cached", len(planned), sum(row["state"] == "cached" for row in planned))
+    log.info("plan: %d units, %d cached, %d skipped", len(plan.units), sum(row["state"] == "cached" for row in planned), len(plan.skipped))
+    for unit_id, why in plan.skipped.items():
+        log.warning("%s: skipped: %s", unit_id, why)
     cached = {}
     try:
         for unit in plan.units:
@@ -77,7 +82,10 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         storage.write_run({**record, "status": "failed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         raise
     publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
-    storage.write_run({**record, "status": "completed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "report": report_uri})
+    # Where the bucket keeps object versions, the exact manifest objects this run used (recorded, never relied on).
+    object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
+    object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
+    storage.write_run({**record, "status": "completed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "report": report_uri, **object_versions})
     log.info("run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values()))
     return {
         "run_id": run_id,

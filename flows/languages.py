@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 
 from croco.flows.execute import execute, last_languages, load_run_config
-from croco.storage import Storage
+from croco.storage import storage_of
 
 log = logging.getLogger("croco")
 
@@ -26,7 +26,7 @@ def languages(config: str, overrides: list[str] | None = None) -> dict[str, Any]
         overrides: Config overrides as key.path=value.
     """
     cfg = load_run_config(config, overrides, None)
-    before = last_languages(Storage(cfg.storage.root), cfg.name)
+    before = last_languages(storage_of(cfg), cfg.name)
     new = [code for code in cfg.languages if before is None or code not in before]
     log.info("languages: %s new since the last run of %s (%s)", ", ".join(new) or "none", cfg.name, ", ".join(before or []) or "no earlier run")
     return execute(cfg) | {"new_languages": new}

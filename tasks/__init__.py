@@ -4,6 +4,8 @@ Each module holds the stage's Prefect task (croco.caching.stage_task: cached on 
 retried, callable as `task.fn(cfg, unit)` without a server) and says, for croco.plan, which
 units the stage has (`units`), which versions a unit reads (`inputs`), and what shapes its
 output (`settings`, with `CODE_VERSION`, bumped whenever the stage's output would change).
+A stage that cannot run in some of the run's languages also says why (`skipped`: language ->
+reason); the plan, the run's log and the report count and show those.
 """
 
 from croco.config import CrocoConfig

@@ -9,7 +9,6 @@ separate reasoning field) are kept apart from the answer that gets judged.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from typing import Any
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.contestants import adapter_input, contestant_names, identity, resolve
+from croco.contestants import adapter_input, arena_engine, check_served_names, contestant_names, identity, resolve
 from croco.engines import SamplingParams, load_generator
 from croco.errors import CrocoError
 from croco.fileio import stable_hash
@@ -28,8 +27,6 @@ from croco.records import ARENA_ANSWER
 from croco.sources import local_path, read_source
 from croco.storage import Version
 from croco.tasks import throughput
-
-log = logging.getLogger("croco")
 
 NAME = "arena"
 CODE_VERSION = "1"
@@ -45,12 +42,16 @@ def enabled(cfg: CrocoConfig) -> bool:
 
 
 def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
-    questions = load_questions(cfg)
-    asked = [code for code in cfg.languages if any(q["language"] == code for q in questions)]
-    unanswered = [code for code in cfg.languages if code not in asked]
-    if unanswered:
-        log.warning("arena: no questions in %s (%s); those languages are not evaluated in the arena", ", ".join(unanswered), cfg.arena.prompts.path)
-    return [(code, name) for code in asked for name in contestant_names(cfg)]
+    check_served_names(cfg)
+    """One unit per language with questions and evaluated model; the other languages are `skipped`."""
+    asked = {q["language"] for q in load_questions(cfg)}
+    return [(code, name) for code in cfg.languages if code in asked for name in contestant_names(cfg)]
+
+
+def skipped(cfg: CrocoConfig) -> dict[str, str]:
+    """Why each run language without questions is not evaluated in the arena (the plan counts and reports them)."""
+    asked = {q["language"] for q in load_questions(cfg)}
+    return {code: f"{cfg.arena.prompts.path} holds no questions in {LANGUAGES[code].name} ({code})" for code in cfg.languages if code not in asked}
 
 
 def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
@@ -60,7 +61,7 @@ def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
 def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     asked = [(q["question_id"], q["prompt"]) for q in questions_in(cfg, language)]
     sampling = {key: getattr(cfg.arena, key) for key in ("max_new_tokens", "temperature", "top_p")}
-    return {"language": language, "model": identity(cfg, model, cfg.arena.engine), "sampling": sampling, "seed": cfg.seed, "questions": stable_hash(asked)}
+    return {"language": language, "model": identity(cfg, model, arena_engine(cfg, model)), "sampling": sampling, "seed": cfg.seed, "questions": stable_hash(asked)}
 
 
 def questions_in(cfg: CrocoConfig, language: str) -> list[dict]:
@@ -78,10 +79,13 @@ def load_questions(cfg: CrocoConfig) -> list[dict]:
 def _read_questions(cfg: CrocoConfig) -> list[dict]:
     source = cfg.arena.prompts
     wanted = {LANGUAGES[code].arena_code: code for code in cfg.languages if LANGUAGES[code].arena_code}
-    if local_path(source) is not None:
-        rows = [(location, raw, None) for location, raw in read_source(source)]
+    if local_path(source) is None and source.name is None:
+        # m-ArenaHard's layout: one dataset configuration per language, named by its code.
+        rows = [(location, raw, code) for arena_code, code in wanted.items() for location, raw in read_source(source, name=arena_code)]
     else:
-        rows = [(location, raw, code) for arena_code, code in wanted.items() for location, raw in read_source(source, name=source.name or arena_code)]
+        # One file or one named configuration: a question's language is the source's or its own field, never the
+        # configuration's name (that would give every language one language's questions).
+        rows = [(location, raw, source.language) for location, raw in read_source(source)]
     questions: dict[tuple[str, str], dict] = {}
     for location, raw, language in rows:
         question = _check(raw, location, language, wanted)
@@ -102,13 +106,12 @@ def _check(raw: Any, location: str, language: str | None, wanted: dict[str, str]
     for field in REQUIRED:
         if not isinstance(raw.get(field), (str, int)) or str(raw[field]).strip() == "":
             raise CrocoError(f"{location}: missing or empty field {field!r} (arena prompts need question_id, prompt, category, subcategory, language)")
-    if language is None:
-        code = raw.get("language")
-        if not isinstance(code, str):
-            raise CrocoError(f"{location}: missing field 'language'")
-        if code not in wanted and code not in wanted.values():
-            return None  # a language this run does not evaluate
-        language = wanted.get(code, code)
+    code = language or raw.get("language")
+    if not isinstance(code, str):
+        raise CrocoError(f"{location}: missing field 'language' (or set arena.prompts.language)")
+    if code not in wanted and code not in wanted.values():
+        return None  # a language this run does not evaluate
+    language = wanted.get(code, code)
     return {
         "language": language,
         "question_id": str(raw["question_id"]),
@@ -137,7 +140,7 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
     work_s, new_answers, new_tokens = 0.0, 0, 0
     if todo:
         model = resolve(cfg, unit.model, inputs)
-        generator = load_generator(cfg.arena.engine, model)
+        generator = load_generator(arena_engine(cfg, unit.model), model)
         with tqdm(total=sum(len(shards[n]) for n in todo), unit="answer", desc=f"arena {unit.model} {unit.language}", dynamic_ncols=True) as bar:
             for name in todo:
                 started = time.perf_counter()
@@ -145,7 +148,7 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
                 work_s += time.perf_counter() - started
                 out.write_shard(name, records, ARENA_ANSWER)
                 new_answers += len(records)
-                new_tokens += sum(r["completion_tokens"] for r in records)
+                new_tokens += sum(r["completion_tokens"] or 0 for r in records)  # an unknown count (None) is left out
 
     answers = out.read(ARENA_ANSWER).to_pylist()
     fields = ("question_id", "prompt", "output", "reasoning", "generator", "category", "subcategory")

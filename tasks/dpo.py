@@ -14,7 +14,7 @@ from typing import Any
 from croco import training
 from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.models import load_model, load_tokenizer, model_identity
+from croco.models import load_reward_model, load_tokenizer, model_identity
 from croco.plan import Unit
 from croco.storage import ALL_LANGUAGES, Version
 from croco.tasks import across_languages
@@ -57,12 +57,11 @@ def _offline_trainer(cfg: CrocoConfig):
 
 
 def _online_trainer(cfg: CrocoConfig):
-    from transformers import AutoModelForSequenceClassification
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     def make_trainer(arguments: dict, model, eval_dataset, **parts) -> OnlineDPOTrainer:
         reward_tokenizer = load_tokenizer(cfg.models.reward)
-        reward = load_model(cfg.models.reward, AutoModelForSequenceClassification, model.device)
+        reward = load_reward_model(cfg.models.reward, model.device)
         reward.config.pad_token_id = reward.config.pad_token_id or reward_tokenizer.pad_token_id
         sampling = {"max_new_tokens": cfg.generate.max_new_tokens, "temperature": cfg.generate.temperature or 1.0}
         # OnlineDPOTrainer evaluates nothing on prompt-only data, so the held-out share stays unused.

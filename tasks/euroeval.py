@@ -6,13 +6,15 @@ loads, the language's datasets are checked against that installation's registry.
 one (language, model); it runs in a local work folder named after its version, where the
 model is a folder named after it (an adapter merged into its base first, and kept there).
 EuroEval appends to euroeval_benchmark_results.jsonl in that folder and skips what the file
-already holds, so a killed unit resumes. Results of both the flat format (before 17.0) and
-the 17.0+ Every Eval Ever format become EUROEVAL_SCORE rows; `summarize` compares every
-model's rows with the baseline's, with EuroEval's 95% intervals.
+already holds, so a killed unit resumes. An API key (`euroeval.api_key_env`) reaches
+EuroEval's process in its environment, never on its command line. Results of both the flat
+format (before 17.0) and the 17.0+ Every Eval Ever format become EUROEVAL_SCORE rows;
+`summarize` compares every model's rows with the baseline's, with EuroEval's 95% intervals.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,6 +31,7 @@ from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.plan import Unit
 from croco.records import EUROEVAL_SCORE
+from croco.redaction import api_key, redact, remember
 from croco.storage import Version
 
 log = logging.getLogger("croco")
@@ -60,7 +63,13 @@ DATASETS: dict[str, list[str]] = {
 # EuroEval runs offline wherever it can: no cost-map fetch by litellm, no hub lookups once prefetched.
 OFFLINE_SAFE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-CLI_SCRIPT = "import sys; from euroeval.cli import benchmark; sys.exit(benchmark())"
+# The API key reaches EuroEval's process in its environment: a command line shows in the process list.
+API_KEY_VARIABLE = "CROCO_EUROEVAL_API_KEY"
+CLI_SCRIPT = (
+    f"import os, sys; from euroeval.cli import benchmark; key = os.environ.pop({API_KEY_VARIABLE!r}, None); "
+    "sys.exit(benchmark(sys.argv[1:] + (['--api-key', key] if key else [])))"
+)
+VERSION_SCRIPT = "from importlib.metadata import version; print(version('euroeval'))"
 REGISTRY_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -82,15 +91,23 @@ def dataset_table(cfg: CrocoConfig) -> dict[str, list[str]]:
 
 
 def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
-    """One unit per language with datasets and evaluated model; a language without datasets is named in a warning."""
+    """One unit per language with datasets and evaluated model; the other languages are `skipped`."""
     table = dataset_table(cfg)
     if not table:
         raise CrocoError(f"EuroEval has no datasets for {', '.join(cfg.languages)}; set euroeval.datasets for at least one of them")
-    where = "euroeval.datasets" if cfg.euroeval.datasets is not None else "croco's EuroEval table (`croco euroeval-datasets`)"
-    for code in cfg.languages:
-        if code not in table:
-            log.warning("euroeval: %s has no datasets in %s; it is not benchmarked (set euroeval.datasets.%s)", _named(code), where, code)
     return [(code, name) for code in table for name in contestant_names(cfg)]
+
+
+def skipped(cfg: CrocoConfig) -> dict[str, str]:
+    """Why each run language without datasets is not benchmarked (the plan counts and reports them)."""
+    table = dataset_table(cfg)
+    where = "euroeval.datasets" if cfg.euroeval.datasets is not None else "croco's EuroEval table (`croco euroeval-datasets`)"
+    return {
+        code: f"EuroEval has no datasets in {_named(code)}" if LANGUAGES[code].euroeval_code is None
+        else f"{where} lists no datasets for {_named(code)}; set euroeval.datasets.{code} to benchmark it"
+        for code in cfg.languages
+        if code not in table
+    }
 
 
 def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
@@ -102,8 +119,19 @@ def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
         "language": language,
         "datasets": dataset_table(cfg)[language],
         "identity": identity(cfg, model, EngineConfig()),  # with the name: two names for one model are two versions
-        "euroeval": cfg.euroeval.model_dump(include={"python", "few_shot", "iterations", "split", "extra_args"}),
+        # The installed EuroEval's version shapes the scores; the interpreter's path does not.
+        "euroeval": {**cfg.euroeval.model_dump(include={"few_shot", "iterations", "split", "extra_args"}), "version": installed_version(cfg.euroeval.python)},
     }
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(python: str) -> str:
+    """EuroEval's version in that interpreter (without importing it), or "not installed": the run then stops with why."""
+    try:
+        done = subprocess.run([python, "-c", VERSION_SCRIPT], capture_output=True, text=True, timeout=120)
+    except OSError:
+        return "not installed"
+    return done.stdout.strip() if done.returncode == 0 else "not installed"
 
 
 def _named(code: str) -> str:
@@ -112,7 +140,7 @@ def _named(code: str) -> str:
 
 def check_datasets(cfg: CrocoConfig, table: dict[str, list[str]]) -> str:
     """Every name must exist in the installed EuroEval for its language; returns EuroEval's version."""
-    custom = _option(_extra_args(cfg), "--custom-datasets-file") or "custom_datasets.py"
+    custom = _option(cfg.euroeval.extra_args, "--custom-datasets-file") or "custom_datasets.py"
     registry = json.loads(run_in_euroeval(cfg, REGISTRY_SCRIPT, [custom]).strip().splitlines()[-1])
     for code, names in table.items():
         language = LANGUAGES[code].euroeval_code
@@ -142,7 +170,7 @@ def euroeval(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
     log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(datasets))
     log_file = workdir / LOG_FILE
     status = _benchmark(cfg, model, code, datasets, workdir, log_file)
-    out.put_file(LOG_FILE, log_file.read_bytes())
+    out.put_file(LOG_FILE, redact(log_file.read_text(encoding="utf-8", errors="replace")).encode())
     see = f"see {log_file} (kept as {out.file_uri(LOG_FILE)})"
     if status != 0:
         raise CrocoError(f"EuroEval exited with status {status} for {name} in {code}; {see}")
@@ -186,24 +214,44 @@ def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdi
     arguments += ["--few-shot" if settings_.few_shot else "--zero-shot", "--num-iterations", str(settings_.iterations)]
     arguments += ["--save-results", "--no-progress-bar", "--raise-errors"]
     arguments += [] if settings_.device == "auto" else ["--device", settings_.device]
+    extra, key = _extra_args(cfg)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as sink:
-        return run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *_extra_args(cfg)], cwd=workdir, sink=sink)
+        return run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *extra], cwd=workdir, sink=sink, key=key)
 
 
-def _extra_args(cfg: CrocoConfig) -> list[str]:
-    """euroeval.extra_args, with a custom datasets file made absolute (EuroEval runs in its work folder)."""
+def _extra_args(cfg: CrocoConfig) -> tuple[list[str], str | None]:
+    """(euroeval.extra_args, the API key): a custom datasets file made absolute (EuroEval runs in its work folder),
+    and a key passed as `--api-key` taken out, so that it never shows in the process list; euroeval.api_key_env wins."""
     arguments = list(cfg.euroeval.extra_args)
     if _option(arguments, "--custom-datasets-file"):
         index = arguments.index("--custom-datasets-file") + 1
         arguments[index] = str(Path(arguments[index]).resolve())
-    return arguments
+    passed = _take_api_key(arguments)
+    if passed:
+        remember(passed)
+        log.warning("euroeval.extra_args holds an API key: it is masked and kept off the command line, but belongs in the environment variable named by euroeval.api_key_env")
+    return arguments, api_key(cfg.euroeval.api_key_env, "euroeval.api_key_env") or passed
 
 
-def run_in_euroeval(cfg: CrocoConfig, script: str, arguments: list[str], cwd: Path | None = None, sink=None, purpose: str = "read EuroEval's dataset registry"):
-    """Run a script in EuroEval's interpreter: its stdout when `sink` is None (failing with `purpose`), else its exit status."""
+def _take_api_key(arguments: list[str]) -> str | None:
+    """Remove `--api-key KEY` or `--api-key=KEY` from a command line; the key."""
+    for index, argument in enumerate(arguments):
+        if argument.startswith("--api-key="):
+            del arguments[index]
+            return argument.partition("=")[2]
+        if argument == "--api-key" and index + 1 < len(arguments):
+            key = arguments[index + 1]
+            del arguments[index : index + 2]
+            return key
+    return None
+
+
+def run_in_euroeval(cfg: CrocoConfig, script: str, arguments: list[str], cwd: Path | None = None, sink=None, purpose: str = "read EuroEval's dataset registry", key: str | None = None):
+    """Run a script in EuroEval's interpreter (with the API `key` in its environment): its stdout when `sink` is None
+    (failing with `purpose`), else its exit status."""
     command = [cfg.euroeval.python, "-c", script, *arguments]
-    env = {**os.environ, **OFFLINE_SAFE_ENV}
+    env = {**os.environ, **OFFLINE_SAFE_ENV, **({API_KEY_VARIABLE: key} if key else {})}
     try:
         if sink is None:
             done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)

@@ -82,7 +82,7 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
                 work_s += time.perf_counter() - started
                 out.write_shard(shard_name(index), records, SAMPLE)
                 new_samples += len(records)
-                new_tokens += sum(r["completion_tokens"] for r in records)
+                new_tokens += sum(r["completion_tokens"] or 0 for r in records)  # an unknown count (None) is left out
 
     written = out.read(SAMPLE, columns=["finish_reason", "completion_tokens"])
     return {

@@ -3,9 +3,11 @@
 By default each pair is judged in both orders (arena-hard-auto, MT-Bench) and the results say
 how often the two orders disagree; `judge.orders: coin` is the paper's protocol, one order per
 question by a seeded coin. Judgments are written in shards of a fixed size, so a killed run
-resumes from its finished shards. The win-rate tables are computed across languages by
-`results`, which the evaluation flow calls after the judge units: changing the tie rule or the
-bootstrap settings recomputes the tables without asking the judge again.
+resumes from its finished shards. An answer without a baseline answer to the same question is
+not judged; it is written to the skipped records with its reason and counted. The win-rate
+tables are computed across languages by `results`, which the evaluation flow calls after the
+judge units: changing the tie rule or the bootstrap settings recomputes the tables without
+asking the judge again.
 """
 
 from __future__ import annotations
@@ -18,21 +20,27 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from croco.arena_stats import summarize
+from croco.arena_stats import LC_FOLDS, summarize
 from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.contestants import contestant_names
 from croco.fileio import stable_hash
-from croco.judging import Battle, Verdict, make_judge
+from croco.judging import Battle, Verdict, judges_with_training_reward, make_judge
 from croco.plan import Unit
-from croco.records import ARENA_ANSWER, JUDGMENT
+from croco.records import ARENA_ANSWER, BATTLE_SKIPPED, JUDGMENT
 from croco.storage import Version
 
 log = logging.getLogger("croco")
 
 NAME = "judge"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 JUDGMENTS_PER_SHARD = 64  # fixed, so a resumed run cuts its work exactly as the killed one did
+UNMATCHED_SHARD = "unmatched"  # no judgments, only the skipped records of answers without a baseline answer
+CIRCULAR_WARNING = (
+    "**Warning: the judge is the reward model the training pairs were chosen with (models.reward), so these win rates "
+    "favour the tuned models by construction; judge with an LLM (judge.kind: llm) or another reward model (judge.model) "
+    "for numbers to trust.**"
+)
 VERDICT_SETTINGS = ("kind", "orders", "allow_ties", "temperature", "max_new_tokens", "max_len")
 
 
@@ -55,20 +63,26 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     return {"language": language, "judge": make_judge(cfg).identity(), "settings": verdicts, "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
 
 
-def battles(cfg: CrocoConfig, answers: list[dict]) -> list[tuple[dict, Battle]]:
-    """(record fields, battle) for every evaluated model against the baseline, in the orders asked for."""
+def battles(cfg: CrocoConfig, answers: list[dict]) -> tuple[list[tuple[dict, Battle]], list[dict]]:
+    """(record fields, battle) for every evaluated model against the baseline, in the orders asked for; and a
+    skipped record for every answer the baseline has no answer to compare with."""
     baseline = cfg.evaluate.baseline
     theirs = {(a["language"], a["question_id"]): a for a in answers if a["model"] == baseline}
-    found = []
+    found, unmatched = [], []
     for a in answers:
+        if a["model"] == baseline:
+            continue
         other = theirs.get((a["language"], a["question_id"]))
-        if a["model"] == baseline or other is None:
+        if other is None:
+            detail = f"{baseline} has no answer to question {a['question_id']}"
+            unmatched.append({k: a[k] for k in ("model", "language", "question_id")} | {"baseline": baseline, "reason": "no_baseline_answer", "detail": detail})
             continue
         fields = {k: a[k] for k in ("model", "language", "question_id", "subcategory")}
         fields |= {"baseline": baseline, "model_length": len(a["output"]), "baseline_length": len(other["output"])}
         for order in _orders(cfg, a["language"], a["question_id"]):
-            found.append(({**fields, "order": order}, Battle(a["prompt"], a["output"], other["output"], order)))
-    return found
+            key = (a["model"], baseline, a["language"], a["question_id"], order)
+            found.append(({**fields, "order": order}, Battle(a["prompt"], a["output"], other["output"], order, key)))
+    return found, unmatched
 
 
 def _orders(cfg: CrocoConfig, language: str, question_id: str) -> list[str]:
@@ -83,9 +97,11 @@ def _orders(cfg: CrocoConfig, language: str, question_id: str) -> list[str]:
 @stage_task
 def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     answers = [a for version in inputs.values() for a in version.read(ARENA_ANSWER).to_pylist()]
-    todo = battles(cfg, answers)
+    todo, unmatched = battles(cfg, answers)
     shards = {f"{i // JUDGMENTS_PER_SHARD:05d}": todo[i : i + JUDGMENTS_PER_SHARD] for i in range(0, len(todo), JUDGMENTS_PER_SHARD)}
     finished = out.finished_shards()
+    if unmatched and UNMATCHED_SHARD not in finished:
+        out.write_shard(UNMATCHED_SHARD, [], JUDGMENT, unmatched, BATTLE_SKIPPED)
     missing = [name for name in shards if name not in finished]
     judge_ = make_judge(cfg)
     with tqdm(total=sum(len(shards[n]) for n in missing), unit="judgment", desc=f"judge {unit.language}", dynamic_ncols=True) as bar:
@@ -93,10 +109,11 @@ def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
             verdicts = judge_.judge([battle for _, battle in shards[name]], bar.update)
             out.write_shard(name, [_record(fields, verdict) for (fields, _), verdict in zip(shards[name], verdicts)], JUDGMENT)
     records = out.read(JUDGMENT, columns=["unparseable"]).to_pylist()
+    skipped = Counter(out.read(BATTLE_SKIPPED, columns=["reason"], skipped=True)["reason"].to_pylist())
     return {
-        "records_in": len(todo),
+        "records_in": len(todo) + len(unmatched),
         "records_out": len(records),
-        "skipped": dict(Counter(r["unparseable"] for r in records if r["unparseable"])),
+        "skipped": dict(skipped + Counter(r["unparseable"] for r in records if r["unparseable"])),
         "judged_now": sum(len(shards[n]) for n in missing),
         "models": [m for m in contestant_names(cfg) if m != cfg.evaluate.baseline],
     }
@@ -104,9 +121,12 @@ def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
 
 def results(cfg: CrocoConfig, judged: list[Version]) -> dict[str, Any]:
     """Win rates over every judged language: the rows, the Markdown table and the plot (PNG bytes)."""
-    records = [r for version in judged for r in version.read(JUDGMENT).to_pylist()]
+    tallied = [name for name in JUDGMENT.names if name != "judgment"]  # the judge's texts stay on disk: the tables never show them
+    records = [r for version in judged for r in version.read(JUDGMENT, columns=tallied).to_pylist()]
     rows = summarize(records, cfg.judge.ties, cfg.judge.bootstrap_rounds, cfg.seed)
     table = results_table(rows, cfg)
+    if judges_with_training_reward(cfg):
+        log.warning("judge: %s", CIRCULAR_WARNING.strip("*"))
     log.info("judge: win rates against %s, per language (ties count %s)\n%s", cfg.evaluate.baseline, cfg.judge.ties, "\n".join(table))
     return {"rows": rows, "markdown": "\n".join(table) + "\n", "plot": plot_win_rates(rows)}
 
@@ -117,6 +137,12 @@ def _record(fields: dict, verdict: Verdict) -> dict:
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _length_controlled(row: dict) -> str:
+    if row["win_rate"] is not None and row["length_controlled"] is None:
+        return "n/a (too few questions)"
+    return _percent(row.get("length_controlled"))
 
 
 def results_table(rows: list[dict], cfg: CrocoConfig) -> list[str]:
@@ -131,7 +157,7 @@ def results_table(rows: list[dict], cfg: CrocoConfig) -> list[str]:
         wlt = "–" if r["win_rate"] is None else f"{r['wins']}/{r['losses']}/{r['ties']}"
         lines.append(
             f"| {r['model']} | {r['language']} | {r['subcategory']} | {_percent(r['win_rate'])} | {_percent(r.get('standard_error'))} | {ci} "
-            f"| {_percent(r.get('length_controlled'))} "
+            f"| {_length_controlled(r)} "
             f"| {wlt} | {r['unparseable']} ({r['unparseable_length']}) | {_percent(r['order_disagreement'])} "
             f"| {r['model_length']:.0f} / {r['baseline_length']:.0f} |"
         )
@@ -140,10 +166,14 @@ def results_table(rows: list[dict], cfg: CrocoConfig) -> list[str]:
     note = (
         f"Against `{cfg.evaluate.baseline}`, judged by {'the reward model' if cfg.judge.kind == 'reward' else 'an LLM'}"
         f"{'' if cfg.judge.kind == 'reward' else f' in {cfg.judge.orders} order' + ('s' if cfg.judge.orders == 'both' else '')}; "
-        f"ties count as {cfg.judge.ties}; 95% bootstrap intervals resample questions ({cfg.judge.bootstrap_rounds} rounds). "
-        "Lengths are characters; the length-controlled (LC) fit normalises length differences per language."
+        f"ties count as {cfg.judge.ties}. The unit of the standard error (SE) and of the 95% bootstrap intervals "
+        f"({cfg.judge.bootstrap_rounds} rounds) is the question: its judgments in both orders and, in the `all` rows, in every "
+        "language (parallel translations) count as one. Lengths are characters; the length-controlled (LC) fit divides length "
+        "differences by their spread in each language (characters per word differ) and chooses its penalty on length by "
+        f"{LC_FOLDS}-fold cross-validation over questions, as AlpacaEval does; it needs at least {LC_FOLDS} questions."
     )
-    return [note, "", *header, *overall, "", "Per subcategory:", "", *header, *detail]
+    warning = [CIRCULAR_WARNING, ""] if judges_with_training_reward(cfg) else []
+    return [note, "", *warning, *header, *overall, "", "Per subcategory:", "", *header, *detail]
 
 
 def plot_win_rates(rows: list[dict]) -> bytes:

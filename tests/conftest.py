@@ -190,3 +190,40 @@ def openai_server(smollm_dir: Path, tmp_path_factory):
     """A real OpenAI-compatible server: `transformers serve` on the embedded SmolLM2, on a free local port."""
     with transformers_serve(str(smollm_dir), tmp_path_factory.mktemp("serve") / "server.log") as url:
         yield url
+
+
+@contextlib.contextmanager
+def scripted_openai_server(reply):
+    """An OpenAI-compatible /v1/chat/completions on a free local port whose answers a test writes, for what a real
+    server cannot be made to do on demand (a content filter, an aborted sample, no token counts) and to see exactly
+    what croco asks. `reply(request)` returns the response's `choices` and `usage`; yields (URL, requests received)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(request)
+            body = json.dumps({"id": "scripted", "object": "chat.completion", "created": 0, "model": request["model"], **reply(request)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def scripted_choice(index: int, text: str, finish_reason: str | None = "stop") -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}

@@ -75,3 +75,14 @@ def test_plan_runs_and_gc_show_what_is_stored(tmp_path, tiny_models, prompts_fil
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["gc", str(path), "--keep", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions; kept 2"  # prompts/da and generate/da: only the older run used them
+
+
+def test_config_output_masks_keys_and_url_passwords(capsys):
+    secret_overrides = [
+        "generate.engine={name: openai, base_url: 'http://user:url-password-1@127.0.0.1:8000/v1', api_key_env: CROCO_KEY}",
+        "euroeval.extra_args=[--api-key, pasted-key-2]",
+    ]
+    assert main(["config", str(REPO / "configs" / "demo.yaml"), *secret_overrides]) == 0
+    out = capsys.readouterr().out
+    assert "url-password-1" not in out and "pasted-key-2" not in out
+    assert "base_url: http://***@127.0.0.1:8000/v1" in out and "api_key_env: CROCO_KEY" in out

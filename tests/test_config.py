@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from croco.config import CrocoConfig, config_reference, load_config, parse_config
 from croco.errors import CrocoError
@@ -16,6 +17,7 @@ def minimal(**extra) -> dict:
         "languages": ["en"],
         "models": {"policy": {"path": "a"}, "reward": {"path": "b"}},
         "data": {"sources": [{"path": "p.jsonl"}]},
+        "judge": {"model": {"path": "j"}},
         **extra,
     }
 
@@ -41,6 +43,18 @@ def test_defaults_are_the_papers():
     assert cfg.generate.num_samples == 64 and cfg.generate.temperature == 1.0 and cfg.generate.top_p == 1.0
     assert cfg.score.max_len == 32768
     assert cfg.models.policy.trust_remote_code is False
+
+
+def test_the_judge_is_an_llm_unless_a_reward_judge_is_asked_for():
+    assert parse_config(minimal()).judge.kind == "llm"
+    unnamed = minimal()
+    del unnamed["judge"]
+    with pytest.raises(CrocoError, match=r"^config: judge\.kind is llm \(the default\), which needs judge\.model, .* judge\.kind: reward"):
+        parse_config(unnamed)
+    assert parse_config({**unnamed, "arena": {"enabled": False}}).judge.model is None  # a judge that never runs needs no model
+    assert parse_config({**unnamed, "judge": {"kind": "reward"}}).judge.kind == "reward"
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert demo["judge"]["kind"] == "reward"  # the demo's reward judge is asked for, not a default
 
 
 def test_misspelt_key_names_the_key_and_the_fix():
@@ -79,7 +93,7 @@ def test_missing_required_key():
 
 def test_overrides_reach_any_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("languages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\n")
+    path.write_text("languages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\njudge: {model: {path: j}}\n")
     cfg = load_config(path, ["generate.num_samples=8", "languages=[en,da]", "score.engine.batch_size=2", "models.policy.adapter=ad"])
     assert cfg.generate.num_samples == 8 and cfg.languages == ["en", "da"]
     assert cfg.score.engine.batch_size == 2 and cfg.models.policy.adapter == "ad"
@@ -118,3 +132,14 @@ def test_training_defaults_are_the_papers():
         assert (train.warmup_ratio, train.weight_decay, train.epochs, train.eval_fraction) == (0.05, 0.01, 1.0, 0.01)
         assert (train.lora.r, train.lora.alpha, train.lora.dropout) == (16, 32, 0.05)
         assert train.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_a_config_saved_by_a_windows_editor_loads_and_one_not_in_utf8_is_named(tmp_path):
+    windows = tmp_path / "windows.yaml"
+    text = yaml.safe_dump(minimal(data={"sources": [{"path": "sm\u00f8rrebr\u00f8d.jsonl"}]}, judge={"enabled": False}), allow_unicode=True)
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert load_config(windows).data.sources[0].path == "sm\u00f8rrebr\u00f8d.jsonl"
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("languages: [da]\nname: sm\u00f8rrebr\u00f8d\n".encode("latin-1"))
+    with pytest.raises(CrocoError, match=rf"^{latin1} line 2 is not UTF-8 \(byte offset 24\); save the file as UTF-8$"):
+        load_config(latin1)

@@ -15,7 +15,7 @@ from conftest import REPO, read, version
 
 
 @pytest.mark.slow
-def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward):
+def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, monkeypatch):
     reward_dir, _ = demo_reward
     store = tmp_path / "demo"
     overrides = [f"storage.root={store}", f"models.reward.path={reward_dir}", "data.subsample=2", "languages=[en,ga]",
@@ -42,10 +42,13 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward):
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
     assert sorted({a["model"] for a in answers}) == ["dpo", "policy", "sft"] and len(answers) == 3 * 2 * 3
     assert "## Arena win rates" in report and "| sft | ga | all |" in report and "| dpo | all | all |" in report
+    assert "Warning: the judge is the reward model the training pairs were chosen with" in report  # the demo's circular judge
     assert (store / "runs" / "demo" / "win_rates.png").stat().st_size > 1000
-    dpo_files = store / version(cfg, "dpo/all").relative / "files"
-    assert main(["merge", str(dpo_files / "adapter")]) == 0
-    merged = AutoModelForCausalLM.from_pretrained(dpo_files / "merged")
-    tokenizer = AutoTokenizer.from_pretrained(dpo_files / "merged")
+    dpo = version(cfg, "dpo/all")
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", str(store / dpo.relative / "files" / "adapter")]) == 0
+    assert not dpo.problems() and not (store / dpo.relative / "files" / "merged").exists()  # a committed version stays as it was
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / f"dpo-{dpo.key}")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged" / f"dpo-{dpo.key}")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     assert merged.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]

@@ -2,8 +2,10 @@ import json
 
 import pytest
 
+from croco.config import EngineConfig, ModelConfig
 from croco.demo_reward import WRONG_LANGUAGE, load_pairs, repetitive, split_pairs, truncated
 from croco.embedded import REWARD, PREFIX, resolve_model
+from croco.engines.transformers_engine import TransformersScorer
 
 
 def test_degradations_are_worse_versions_of_the_reference():
@@ -27,11 +29,19 @@ def test_held_out_items_are_disjoint_from_training_items():
 
 
 @pytest.mark.slow
-def test_demo_reward_model_ranks_held_out_pairs_well(demo_reward):
-    _, report = demo_reward
-    print(json.dumps(report, indent=2))
-    assert report["held_out_accuracy"] >= 0.8
-    assert report["held_out_pairs"] >= 100
+def test_saved_demo_reward_model_ranks_held_out_pairs_well(demo_reward):
+    """The model loaded from disk and scored the way the pipeline scores, not the builder's report on itself."""
+    path, report = demo_reward
+    scorer = TransformersScorer(EngineConfig(device="cpu", batch_size=16), ModelConfig(path=path))
+    _, held_out = split_pairs(load_pairs())
+
+    def rewards(answer_of) -> list[float]:
+        conversations = [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": answer_of(p)}] for p in held_out]
+        return [score.reward for score in scorer.score(conversations, max_len=4096)]
+
+    wins = [c > r for c, r in zip(rewards(lambda p: p.chosen), rewards(lambda p: p.rejected))]
+    print(json.dumps({**report, "held_out_accuracy_scored_from_disk": sum(wins) / len(wins)}, indent=2))
+    assert len(wins) >= 100 and sum(wins) / len(wins) >= 0.8
 
 
 def test_embedded_reward_resolves_to_the_cache_once_built(tmp_path, monkeypatch):

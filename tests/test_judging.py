@@ -1,4 +1,7 @@
-from croco.judging import Battle, Verdict, judge_prompt, parse_verdict
+from croco.config import parse_config
+from croco.judging import Battle, LLMJudge, Verdict, judge_prompt, parse_verdict
+
+from conftest import scripted_choice, scripted_openai_server
 
 
 def test_last_verdict_counts_and_order_maps_to_the_model():
@@ -15,8 +18,33 @@ def test_ties_unparseable_and_cut_off_judgments():
 
 
 def test_prompt_shows_answers_in_the_battle_order_and_offers_ties_only_when_allowed():
-    battle = Battle("Q?", "MODEL", "BASE", "baseline_first")
+    battle = Battle("Q?", "MODEL", "BASE", "baseline_first", ("dpo", "policy", "en", "q1", "baseline_first"))
     text = judge_prompt(battle, allow_ties=False)[-1]["content"]
     assert text.index("BASE") < text.index("MODEL")
     assert "[[T]]" not in text
     assert "[[T]]" in judge_prompt(battle, allow_ties=True)[-1]["content"]
+
+
+def battle(question_id: str, order: str = "model_first") -> Battle:
+    return Battle(f"Question {question_id}?", "MODEL", "BASE", order, ("dpo", "policy", "en", question_id, order))
+
+
+def test_a_battle_is_judged_with_the_same_seed_wherever_it_falls():
+    def reply(request):
+        return {"choices": [scripted_choice(0, "[[1]]")], "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}
+
+    with scripted_openai_server(reply) as (url, received):
+        raw = {
+            "languages": ["en"], "models": {"policy": {"path": "a"}, "reward": {"path": "b"}}, "data": {"sources": [{"path": "p.jsonl"}]},
+            "judge": {"model": {"path": "judge"}, "engine": {"name": "openai", "base_url": url}},
+        }
+        judge = LLMJudge(parse_config(raw))
+        # One shard as a first run cut it, then another composition (a resumed run, another shard size).
+        judge.judge([battle("q1"), battle("q2"), battle("q2", "baseline_first"), battle("q3")], lambda n: None)
+        judge.judge([battle("q3"), battle("q2")], lambda n: None)
+
+    seeds: dict[str, set[int]] = {}
+    for request in received:
+        seeds.setdefault(request["messages"][-1]["content"], set()).add(request["seed"])
+    assert [len(found) for found in seeds.values()] == [1, 1, 1, 1]  # each battle had one seed, wherever it stood
+    assert len(set.union(*seeds.values())) == 4  # and no two battles shared one

@@ -7,6 +7,7 @@ import pytest
 from croco.cli import main
 from croco.errors import CrocoError
 from croco.migrate import language_of, migrate
+from croco.pairing import PRODUCTS
 
 from conftest import write_jsonl
 
@@ -115,8 +116,44 @@ def test_non_finite_rewards_are_counted_not_paired(tmp_path, original_layout):
 def test_language_comes_from_the_file_name(tmp_path):
     assert language_of(tmp_path / "scored_da.jsonl") == "da"
     assert language_of(tmp_path / "ga-responses.jsonl") == "ga"
-    with pytest.raises(CrocoError, match="cannot tell the language"):
+    # The original code's names: the last '_' word once `_scored` is removed, a code or a language name.
+    assert language_of(tmp_path / "eurollm-9b_danish_scored.jsonl") == "da"
+    assert language_of(tmp_path / "danish.jsonl") == "da"
+    assert language_of(tmp_path / "no_suffix_German_scored.jsonl") == "de"  # the last word wins over "no" (Norwegian)
+    with pytest.raises(CrocoError, match=r"^cannot tell the language of .*scored\.jsonl from its name; end it with a language code or name"):
         language_of(tmp_path / "scored.jsonl")
+
+
+def test_the_original_codes_file_names_pair_as_codes_do(tmp_path, original_layout):
+    scored, originals = original_layout
+    migrate(scored, originals, tmp_path / "by-code", "mean_minus_2sigma", -2.0, "chosen", 42)
+    names = ["eurollm_english_scored.jsonl", "eurollm_danish_scored.jsonl", "english.jsonl", "danish.jsonl"]
+    renamed = [path.rename(tmp_path / name) for path, name in zip([*scored, *originals], names)]
+    report = migrate(renamed[:2], renamed[2:], tmp_path / "by-name", "mean_minus_2sigma", -2.0, "chosen", 42)
+    assert report["settings"]["languages"] == ["en", "da"]
+    for product in PRODUCTS:
+        assert (tmp_path / "by-name" / f"{product}.jsonl").read_text() == (tmp_path / "by-code" / f"{product}.jsonl").read_text()
+
+
+def test_windows_saved_inputs_read_and_bytes_that_are_not_utf8_are_named(tmp_path, original_layout):
+    scored, originals = original_layout
+    for path in (*scored, *originals):  # a BOM and CRLF line ends, as Windows editors save files
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    report = migrate(scored, originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
+    assert report["products"]["dpo_in_language"] == 2 and "scored_en.jsonl/prompt_not_in_originals" not in report["rejected_samples"]
+    assert read(tmp_path / "o" / "dpo_in_language.jsonl")[0]["chosen"] == [{"role": "assistant", "content": "Banana!"}]
+
+    first = scored[0].read_bytes().splitlines(keepends=True)[0]
+    latin1 = json.dumps(scored_line("Name a fruit.", "Kæmpe", 1.0), ensure_ascii=False).encode("latin-1") + b"\n"
+    scored[0].write_bytes(first + latin1)
+    byte = len(first) + latin1.index(b"\xe6")
+    with pytest.raises(CrocoError, match=rf"^{scored[0]} line 2 is not UTF-8 \(byte offset {byte}\); save the file as UTF-8$"):
+        migrate(scored, originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
+    latin1 = json.dumps(original_line("Nævn en frugt."), ensure_ascii=False).encode("latin-1") + b"\n"
+    originals[1].write_bytes(latin1)
+    byte = latin1.index(b"\xe6")
+    with pytest.raises(CrocoError, match=rf"^{originals[1]} line 1 is not UTF-8 \(byte offset {byte}\)"):
+        migrate(scored[1:], originals[1:], tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
 
 
 def test_a_scored_language_needs_its_originals(tmp_path, original_layout):

@@ -19,6 +19,18 @@ def test_mean_minus_two_sigma_worked_by_hand():
     assert (chosen, rejected) == (0, 1) and target == pytest.approx(-0.5)
 
 
+def test_mean_minus_two_sigma_is_neither_the_minimum_nor_the_sample_standard_deviation():
+    # Thirteen rewards of 10 and three low ones, -38, -40 and -36 (indices 1, 4, 7): mean 1. Squared deviations
+    # 13 * 81 + 39^2 + 41^2 + 37^2 = 5624. Population variance 5624 / 16 = 351.5, std 18.748: target 1 - 37.497 =
+    # -36.497, nearest -36 (0.497 away; -38 is 1.503 away). With ddof=1 the variance would be 5624 / 15, std 19.363,
+    # target -37.726, nearest -38; `min` would give -40.
+    rewards = [10.0] * 16
+    rewards[1], rewards[4], rewards[7] = -38.0, -40.0, -36.0
+    chosen, rejected, target = one_pool(rewards)
+    assert (chosen, rejected) == (0, 7) and target == pytest.approx(1 - 2 * np.sqrt(351.5))
+    assert one_pool(rewards, target="min")[1] == 4
+
+
 def test_general_k():
     # mean 2, std sqrt(2): k = +0.5 gives 2.707; nearest strictly below chosen (4) is 3
     chosen, rejected, target = one_pool([0.0, 1.0, 2.0, 3.0, 4.0], target="mean_plus_k_std", k=0.5)
@@ -87,7 +99,7 @@ def test_non_finite_rewards_are_refused():
     st.sampled_from(["mean_minus_2sigma", "q1", "min", "mean_plus_k_std"]),
     st.floats(-3, 3),
 )
-def test_rejected_is_never_chosen_and_always_scores_below_it(samples, target, k):
+def test_rejected_is_the_sample_below_chosen_nearest_the_target(samples, target, k):
     group = np.array([g for g, _ in samples])
     reward = np.array([r for _, r in samples])
     selection = select(group, np.arange(len(samples)), reward, target, k)
@@ -95,7 +107,20 @@ def test_rejected_is_never_chosen_and_always_scores_below_it(samples, target, k)
         members = np.flatnonzero(group == g)
         assert size == len(members) and reward[c] == reward[members].max()
         assert c == members[reward[members] == reward[c]][0]  # earliest of the best
-        if r >= 0:
-            assert r != c and reward[r] < reward[c] and group[r] == g
-        else:
-            assert size < 2 or (reward[members] == reward[c]).all()
+        below = members[reward[members] < reward[c]]
+        if size < 2 or not len(below):
+            assert r == -1
+            continue
+        goal = expected_target(reward[members], target, k)
+        distance = np.abs(reward[below] - goal)
+        assert r in below and abs(reward[r] - goal) <= distance.min() + 1e-9 * (1 + abs(goal))
+        assert r == below[reward[below] == reward[r]][0]  # earliest of the samples with that reward
+
+
+def expected_target(pool: np.ndarray, target: str, k: float) -> float:
+    """METHOD's targets, computed independently of pairing.py."""
+    if target == "min":
+        return pool.min()
+    if target == "q1":
+        return np.percentile(pool, 25)  # linear interpolation
+    return pool.mean() + (-2.0 if target == "mean_minus_2sigma" else k) * pool.std(ddof=0)

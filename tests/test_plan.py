@@ -1,5 +1,7 @@
 """Unit keys: what shapes a unit's output and nothing else."""
 
+import json
+
 from croco.plan import build_plan
 
 from conftest import make_config
@@ -60,7 +62,8 @@ def test_a_languages_records_in_a_shared_file_are_in_its_key_and_no_other(tmp_pa
 def test_a_disabled_stage_has_no_units_and_evaluation_reads_the_adapters(tmp_path, tiny_models, prompts_file):
     plan = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False}))
     assert plan.stages() == ["prompts", "generate", "score", "pair", "dpo"]
-    arena = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], arena={"prompts": {"path": "embedded:demo-arena"}}))
+    judged = {"arena": {"prompts": {"path": "embedded:demo-arena"}}, "judge": {"kind": "reward"}}
+    arena = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], **judged))
     assert dict(arena.by_id["arena/da/dpo"].inputs) == {"dpo/all": arena.by_id["dpo/all"].version_path}
     assert [u.id for u in arena.of("judge")] == ["judge/en", "judge/da"]
 
@@ -82,3 +85,14 @@ def test_keys_do_not_depend_on_where_croco_is_installed():
 
     found = fingerprint(DataSource(path="embedded:demo-prompts"), "da", "language")
     assert found["file"] == "embedded:demo-prompts" and "site-packages" not in str(found) and "/src/croco/" not in str(found)
+
+
+def test_a_url_password_is_in_no_key_and_no_manifest_setting(tmp_path, tiny_models, prompts_file):
+    def plan_with(password: str):
+        hub = {"path": f"https://reader:{password}@data.example.org/prompts", "language": "en"}
+        return build_plan(make_config(tmp_path, tiny_models, [hub, {"path": str(prompts_file), "language": "da"}]), ["prompts"])
+
+    one, rotated = plan_with("first-secret"), plan_with("second-secret")
+    assert {u.id: u.key for u in one.units} == {u.id: u.key for u in rotated.units}
+    shown = json.dumps([u.settings for u in one.units])  # what each manifest records
+    assert "first-secret" not in shown and "https://***@data.example.org/prompts" in shown

@@ -33,6 +33,23 @@ def test_a_version_is_committed_by_its_manifest_written_last(tmp_path):
     assert manifest["version"] == "generate/en/k1" and manifest["shards"]["00000"]["data"]["rows"] == 1
 
 
+def test_a_failed_background_upload_stops_the_commit_and_leaves_its_shard_unfinished(tmp_path, monkeypatch):
+    version = Storage(str(tmp_path / "store")).version("generate", "en", "k1")
+    version.write_shard("00000", [sample(0)], SAMPLE)
+    real_put = version.storage.put
+
+    def put(path, data):
+        if "part-00001" in path:
+            raise OSError("connection reset")
+        return real_put(path, data)
+
+    monkeypatch.setattr(version.storage, "put", put)
+    version.write_shard("00001", [sample(1)], SAMPLE)  # returns at once: the upload runs beside the next shard's work
+    with pytest.raises(OSError, match="connection reset"):
+        version.commit({"records_in": 2, "records_out": 2, "skipped": {}})
+    assert not version.committed() and sorted(version.finished_shards()) == ["00000"]
+
+
 def test_every_version_loads_with_datasets(tmp_path):
     version = committed_version(tmp_path)
     loaded = datasets.load_dataset("parquet", data_files=f"{version.path}/data/*.parquet", split="train")

@@ -62,11 +62,37 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     assert sorted(loaded["response"]) == sorted(old_samples["response"].to_pylist())
 
     storage = Storage(root)
-    adapter = version(cfg, "dpo/all").manifest()["files"]
-    assert "adapter/adapter_model.safetensors" in adapter
+    dpo = version(cfg, "dpo/all").manifest()
+    assert "adapter/adapter_model.safetensors" in dpo["files"]
+    assert set(dpo["file_version_ids"]) == set(dpo["files"]) and all(dpo["file_version_ids"].values())
+    run = storage.runs()[0]
+    assert run["manifest_version_ids"]["generate/en"] == version(changed, "generate/en").manifest_version_id()
     secret = s3_env["AWS_SECRET_ACCESS_KEY"]
     for path in storage.fs.find(storage.root):
         assert secret.encode() not in storage.fs.cat_file(path), path
     records = result_storage(storage)  # Prefect's cache records of an S3 root stay on this machine
     assert sorted(p.name for p in records.iterdir()) and all(secret.encode() not in p.read_bytes() for p in records.iterdir())
     assert secret not in caplog.text
+
+
+def test_credentials_come_from_a_prefect_aws_credentials_block(s3_server, monkeypatch, tmp_path):
+    from prefect_aws import AwsCredentials, AwsClientParameters
+
+    from croco.errors import CrocoError
+
+    for name in s3_server:  # nothing in the environment: only the block can open the bucket
+        monkeypatch.delenv(name, raising=False)
+    AwsCredentials(
+        aws_access_key_id=s3_server["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1", aws_client_parameters=AwsClientParameters(endpoint_url=s3_server["AWS_ENDPOINT_URL"]),
+    ).save("croco-test-s3", overwrite=True)
+    storage = Storage(f"s3://croco/{tmp_path.name}", credentials_block="croco-test-s3")
+    written = storage.version("generate", "en", "k")
+    written.write_shard("00000", [{"prompt_id": "p", "language": "en", "sample_index": 0}], SAMPLE)
+    written.commit({"records_out": 1})
+    assert written.read(SAMPLE)["prompt_id"].to_pylist() == ["p"]
+    assert s3_server["AWS_SECRET_ACCESS_KEY"].encode() not in written.storage.fs.cat_file(f"{written.path}/manifest.json")
+    with pytest.raises(CrocoError, match="no AwsCredentials block named 'missing'"):
+        Storage(f"s3://croco/{tmp_path.name}", credentials_block="missing")
+    with pytest.raises(CrocoError, match="for an s3:// root"):
+        Storage(str(tmp_path), credentials_block="croco-test-s3")

@@ -34,7 +34,7 @@ from croco.embedded import cache_dir
 from croco.errors import CrocoError
 from croco.fileio import stable_hash
 from croco.plan import Unit
-from croco.storage import Storage, Version
+from croco.storage import Storage, Version, storage_of
 
 log = logging.getLogger("croco")
 
@@ -99,7 +99,7 @@ class UnitCachePolicy(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
         cfg: CrocoConfig = inputs["cfg"]
         unit: Unit = inputs["unit"]
-        storage = Storage(cfg.storage.root)
+        storage = storage_of(cfg)
         version = storage.version(unit.stage, unit.language, unit.key)
         problems = version.problems()
         if problems:
@@ -149,7 +149,7 @@ def stage_task(work: Work):
         retry_condition_fn=_retry_unless_bad_input,
     )
     def run_unit(cfg: CrocoConfig, unit: Unit) -> dict[str, Any]:
-        storage = Storage(cfg.storage.root)
+        storage = storage_of(cfg)
         out = storage.version(unit.stage, unit.language, unit.key)
         done = out.manifest()
         if done is not None:  # committed elsewhere (another machine's cache record); the policy checked it is intact

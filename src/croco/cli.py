@@ -13,6 +13,7 @@ import yaml
 from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
+from croco.redaction import redact_value
 from croco.tasks import STAGE_DOCS
 
 log = logging.getLogger("croco")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--reference", action="store_true", help="print the reference of every config key (Markdown)")
     merge = commands.add_parser("merge", help="fold a LoRA adapter into its base model and save a full model folder")
     merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/all/<key>/files/adapter (`croco plan` shows the key)")
-    merge.add_argument("--out", type=Path, help="output folder (default: merged/ beside the adapter)")
+    merge.add_argument("--out", type=Path, help="output folder (default: merged/<stage>-<key> here for an adapter of a croco version, else merged/ beside the adapter)")
     merge.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weight dtype of the merged model")
     prefetch = commands.add_parser("prefetch", help="download the config's hub models, arena prompts and EuroEval datasets (for offline clusters)")
     with_config(prefetch)
@@ -114,7 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.reference or not args.config:
             print(config_reference())
             return 0
-        print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False, allow_unicode=True), end="")
+        shown = redact_value(load_config(args.config, args.overrides).model_dump())  # a pasted key or URL password stays off the screen
+        print(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), end="")
         return 0
     if args.command == "merge":
         from croco.merge import merge_adapter
@@ -144,9 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace, cfg) -> int:
-    from croco.storage import Storage
+    from croco.storage import storage_of
 
-    storage = Storage(cfg.storage.root)
+    storage = storage_of(cfg)
     if args.command == "plan":
         from croco.flows.execute import last_languages
         from croco.plan import build_plan, describe

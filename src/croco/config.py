@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from croco.errors import CrocoError
+from croco.fileio import read_text
 from croco.languages import LANGUAGES
 
 STAGE_NAMES = ["prompts", "generate", "score", "pair", "sft", "dpo", "arena", "judge", "euroeval"]
@@ -77,7 +78,11 @@ class EngineConfig(_Section):
     batch_size: int = Field(16, gt=0, description="Sequences per forward pass (transformers).")
     base_url: str | None = Field(None, description="Server URL such as `http://localhost:8000/v1` (openai; vLLM, SGLang, `transformers serve`, a hosted API).")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (openai); the key itself never appears in files.")
-    served_model: str | None = Field(None, description="Model name the server expects (openai); defaults to the model's path.")
+    served_model: str | None = Field(
+        None,
+        description="Model name the server expects (openai); defaults to the model's path. It names one model: in the arena, "
+        "each evaluated model is asked for by its own name (`evaluate.served_models`).",
+    )
     concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
     max_retries: int = Field(5, ge=0, description="Retries with exponential backoff for failed requests (openai).")
     timeout_s: float = Field(600.0, gt=0, description="Seconds before one request is abandoned and retried (openai).")
@@ -172,6 +177,12 @@ class EvaluateConfig(_Section):
     )
     models: dict[str, ModelConfig] = Field({}, description="More models to evaluate, by name (a merged folder, another adapter, a hub id).")
     baseline: str = Field("policy", description="The model every other one is compared with.")
+    served_models: dict[str, str] = Field(
+        {},
+        description="With an openai arena engine: the name the server knows each evaluated model by (`policy`, `sft`, `dpo` or a key "
+        "of `evaluate.models`), e.g. an adapter's vLLM `--lora-modules` name; default: `arena.engine.served_model`, else the "
+        "model's path. A name that would stand for two different models is refused.",
+    )
 
 
 class ArenaConfig(_Section):
@@ -191,10 +202,14 @@ class ArenaConfig(_Section):
 class JudgeConfig(_Section):
     enabled: bool = Field(True, description="Judge every evaluated model's arena answers against the baseline's.")
     kind: Literal["llm", "reward"] = Field(
-        "reward", description="`llm`: a pairwise LLM judge; `reward`: the higher reward-model score wins (a cheap proxy)."
+        "llm",
+        description="`llm`: a pairwise LLM judge; `reward`: the higher reward-model score wins (a cheap proxy, only when asked for; "
+        "with the training reward model it is circular, and the results say so).",
     )
     model: ModelConfig | None = Field(
-        None, description="The judge model; required for `llm`, defaults to models.reward for `reward`."
+        None,
+        description="The judge model: the chat model for `llm` (required when the judge runs); for `reward`, a reward model, "
+        "by default models.reward (the one the training pairs were chosen with).",
     )
     engine: EngineConfig = Field(EngineConfig(), description="Engine that runs the judge.")
     orders: Literal["both", "coin"] = Field(
@@ -205,18 +220,14 @@ class JudgeConfig(_Section):
     temperature: float = Field(0.7, ge=0, description="Judge sampling temperature (the paper's 0.7).")
     max_new_tokens: int = Field(4096, gt=0, description="Longest judgment, in tokens; a cut-off judgment without a verdict is counted.")
     max_len: int = Field(32768, gt=0, description="Reward judge: conversations longer than this many tokens are not scored and counted.")
-    bootstrap_rounds: int = Field(1000, ge=1000, description="Bootstrap resamples (by prompt) for the confidence intervals.")
-
-    @model_validator(mode="after")
-    def _judge_named(self):
-        if self.kind == "llm" and self.model is None:
-            raise ValueError("an llm judge needs judge.model (or set judge.kind: reward)")
-        return self
+    bootstrap_rounds: int = Field(1000, ge=1000, description="Bootstrap resamples (by question) for the confidence intervals.")
 
 
 class EuroEvalConfig(_Section):
     enabled: bool = Field(False, description="Benchmark every evaluated model with EuroEval (in its own process and Python environment).")
-    python: str = Field("python3.12", description="Interpreter of the environment where EuroEval is installed.")
+    python: str = Field(
+        "python3.12", description="Interpreter of the environment where EuroEval is installed; croco runs it, so a config is code: run only configs you trust."
+    )
     datasets: dict[str, list[str]] | None = Field(
         None, description="Datasets per language code; default: croco's table (`croco euroeval-datasets`), checked against the installed EuroEval."
     )
@@ -224,7 +235,21 @@ class EuroEvalConfig(_Section):
     iterations: int = Field(3, gt=0, description="Bootstrap iterations per dataset (the paper's 3; EuroEval's default is 10).")
     split: Literal["test", "val"] = Field("test", description="Split to evaluate on.")
     device: str = Field("auto", description="Device EuroEval uses (`auto`, `cpu`, `cuda`).")
-    extra_args: list[str] = Field([], description="More `euroeval` command-line arguments, passed as they are.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key EuroEval sends to an API model; passed to EuroEval's process in its environment, never on its command line or in any file."
+    )
+    extra_args: list[str] = Field(
+        [], description="More `euroeval` command-line arguments, passed as they are; an API key here (`--api-key`) is moved to the environment and masked, but belongs in `api_key_env`."
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _euroeval_languages(cls, table: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for code in table or {}:
+            if code not in LANGUAGES or LANGUAGES[code].euroeval_code is None:
+                known = ", ".join(c for c, lang in LANGUAGES.items() if lang.euroeval_code)
+                raise ValueError(f"{code!r} is not a language EuroEval has datasets for; use one of {known}")
+        return table
 
 
 class StorageConfig(_Section):
@@ -232,6 +257,11 @@ class StorageConfig(_Section):
         "runs/store",
         description="Where every stage version is kept: a local folder (relative to the working directory) or `s3://bucket/prefix` "
         "(endpoint and credentials from the environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE).",
+    )
+    credentials_block: str | None = Field(
+        None,
+        description="For an `s3://` root: the name of a saved Prefect AwsCredentials block (prefect-aws) to take the key, secret, "
+        "session token, profile, region and endpoint from instead of the environment. The block lives on the Prefect server.",
     )
 
 
@@ -273,6 +303,16 @@ class CrocoConfig(_Section):
                 raise ValueError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}"))
         return {"default": RetryConfig(attempts=1), **retries}  # naming one stage keeps the default for the others
 
+    @model_validator(mode="after")
+    def _judge_named(self):
+        # Checked here, not in JudgeConfig: a judge that never runs (no arena) needs no model.
+        if self.arena.enabled and self.judge.enabled and self.judge.kind == "llm" and self.judge.model is None:
+            raise ValueError(
+                "judge.kind is llm (the default), which needs judge.model, the chat model that judges; or set judge.kind: reward "
+                "to judge with a reward model, or judge.enabled: false"
+            )
+        return self
+
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, codes: list[str]) -> list[str]:
@@ -290,7 +330,7 @@ def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None, up
     if raw is None:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.safe_load(read_text(path))
         except FileNotFoundError:
             raise CrocoError(f"config file {path} does not exist") from None
         except yaml.YAMLError as exc:
@@ -344,6 +384,8 @@ def _explain(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"missing required key {key}"
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections names its keys itself, and its input would be the whole config
+        return message
     return f"key {key}: {message[0].lower()}{message[1:]} (got {error.get('input')!r})"
 
 

@@ -2,7 +2,10 @@
 
 Every evaluated model has a name (`policy`, `sft`, `dpo`, or a key of `evaluate.models`); one
 of them is the baseline the others are judged against (`evaluate.baseline`). A run adapter is
-read from its training stage's version, so its identity in a key is that version's key.
+read from its training stage's version, so its identity in a key is that version's key. On an
+OpenAI-compatible server each model is asked for by its own served name; a name that would
+stand for two models is refused (the server would answer for both, and the win rate would
+drift to 50% without a sign).
 """
 
 from __future__ import annotations
@@ -42,6 +45,58 @@ def contestant_names(cfg: CrocoConfig) -> list[str]:
     return names
 
 
+def check_served_names(cfg: CrocoConfig) -> None:
+    """Refuse a configuration in which one served name on one server would stand for two different models."""
+    names = contestant_names(cfg)
+    for name in cfg.evaluate.served_models:
+        if name not in names:
+            raise CrocoError(f"evaluate.served_models.{name}: no evaluated model is called {name!r} (evaluated: {', '.join(names)})")
+    claimed: dict[tuple[str, str], tuple[tuple, str]] = {}
+    for server, served_as, what, named_by in _served(cfg, names):
+        first, first_named_by = claimed.setdefault((server, served_as), (what, named_by))
+        if first != what:
+            raise CrocoError(
+                f"{first_named_by} and {named_by} both ask {server} for served model {served_as!r}, which cannot be two different "
+                "models; give each model its own name in evaluate.served_models (vLLM serves each LoRA adapter under its own name "
+                "with --lora-modules)"
+            )
+
+
+def _served(cfg: CrocoConfig, names: list[str]) -> list[tuple[str, str, tuple, str]]:
+    """(server, served name, which model that must be, the config key that names it) for each model asked of a server."""
+    found = []
+
+    def add(engine: EngineConfig, served_key: str, model: ModelConfig, path_key: str, what: tuple) -> None:
+        if engine.name == "openai":
+            named_by = served_key if engine.served_model else path_key
+            found.append((engine.base_url.rstrip("/"), engine.served_model or model.path, what, named_by))
+
+    def plain(model: ModelConfig) -> tuple:
+        return (model.path, model.revision, model.adapter)
+
+    add(cfg.generate.engine, "generate.engine.served_model", cfg.models.policy, "models.policy.path (generate)", plain(cfg.models.policy))
+    for name in names:
+        model = _configured(cfg, name)
+        what = ("adapter", name) if name in RUN_ADAPTERS else plain(model)
+        served_key = f"evaluate.served_models.{name}" if name in cfg.evaluate.served_models else f"arena.engine.served_model (for {name})"
+        add(arena_engine(cfg, name), served_key, model, f"{_path_key(cfg, name)} (for {name})", what)
+    if cfg.judge.enabled and cfg.judge.kind == "llm":
+        add(cfg.judge.engine, "judge.engine.served_model", cfg.judge.model, "judge.model.path", plain(cfg.judge.model))
+    return found
+
+
+def _path_key(cfg: CrocoConfig, name: str) -> str:
+    if name in RUN_ADAPTERS:
+        return "models.base.path" if cfg.models.base else "models.policy.path"
+    return "models.policy.path" if name == "policy" else f"evaluate.models.{name}.path"
+
+
+def arena_engine(cfg: CrocoConfig, name: str) -> EngineConfig:
+    """The arena engine as evaluated model `name` uses it: on a server, asking for the model by its own served name."""
+    served = cfg.evaluate.served_models.get(name)
+    return cfg.arena.engine.model_copy(update={"served_model": served}) if served else cfg.arena.engine
+
+
 def adapter_input(name: str) -> list[str]:
     """The training version a contestant reads its adapter from (none for other models)."""
     return [f"{name}/{ALL_LANGUAGES}"] if name in RUN_ADAPTERS else []
@@ -50,9 +105,13 @@ def adapter_input(name: str) -> list[str]:
 def identity(cfg: CrocoConfig, name: str, engine: EngineConfig) -> dict[str, Any]:
     """What makes a model's answers what they are, and the name they are stored under; a run adapter's
     training key comes in through the unit's inputs."""
-    model = base_model(cfg) if name in RUN_ADAPTERS else cfg.models.policy if name == "policy" else cfg.evaluate.models[name]
-    found = {"name": name, "model": model_identity(model), "engine": engine_identity(engine)}
+    found = {"name": name, "model": model_identity(_configured(cfg, name)), "engine": engine_identity(engine)}
     return found | ({"adapter_of": name} if name in RUN_ADAPTERS else {})
+
+
+def _configured(cfg: CrocoConfig, name: str) -> ModelConfig:
+    """A contestant's model as the config names it (a run adapter's: the base it is trained from)."""
+    return base_model(cfg) if name in RUN_ADAPTERS else cfg.models.policy if name == "policy" else cfg.evaluate.models[name]
 
 
 def resolve(cfg: CrocoConfig, name: str, inputs: dict[str, Version]) -> ModelConfig:

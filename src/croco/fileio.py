@@ -1,12 +1,39 @@
-"""Small file helpers shared by the run store and the migration (no heavy imports here)."""
+"""Small file helpers: reading users' text files, hashes, atomic writes (no heavy imports here)."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from croco.errors import CrocoError
+
+
+def decode_text(data: bytes, name: str, line: int = 1, offset: int = 0) -> str:
+    """A user's text file (or its line `line`, at byte `offset`) as UTF-8, with or without the BOM Windows editors
+    write; any other encoding is an error naming the file, line and byte offset, never a traceback."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        at = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)  # utf-8-sig counts after the BOM
+        line += data.count(b"\n", 0, at)
+        raise CrocoError(f"{name} line {line} is not UTF-8 (byte offset {offset + at}); save the file as UTF-8") from None
+
+
+def read_text(path: Path | str) -> str:
+    return decode_text(Path(path).read_bytes(), str(path))
+
+
+def text_lines(path: Path | str) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line end) of each line of a UTF-8 text file, read as a stream."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            yield number, decode_text(raw, str(path), number, offset)
+            offset += len(raw)
 
 
 def stable_hash(value: Any) -> str:

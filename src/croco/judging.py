@@ -2,8 +2,10 @@
 
 A battle is one question answered by the evaluated model and by the baseline. An LLM judge
 sees the question and both answers in a given order and ends with [[1]], [[2]] or [[T]];
-the last verdict in its text counts. The reward judge scores both answers with a reward
-model and the higher reward wins.
+the last verdict in its text counts; its sampling seed comes from the battle itself, so a
+resumed run, another shard size or another concurrency asks for the same judgment. The reward
+judge scores both answers with a reward model and the higher reward wins; only a reward model
+other than the one the training pairs were chosen with is a fair judge.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 from croco.config import CrocoConfig, ModelConfig
 from croco.engines import SamplingParams, load_generator, load_scorer
+from croco.fileio import stable_hash
 
 SYSTEM_PROMPT = "You are a careful, impartial judge of answers written by AI assistants."
 JUDGE_PROMPT = """Compare two answers to the user's request below. The request and the answers may be in any language; judge them in the language of the request. Weigh helpfulness, correctness, depth and clarity, and whether the answer is written in the language of the request. Do not let the length of the answers or the order they are shown in sway you.
@@ -40,6 +43,11 @@ class Battle:
     model_answer: str
     baseline_answer: str
     order: str  # "model_first", "baseline_first", or "none" when order does not matter (reward judge)
+    key: tuple[str, ...]  # (model, baseline, language, question id, order): what the battle is, wherever it is judged
+
+
+def battle_seed(run_seed: int, battle: Battle) -> int:
+    return int(stable_hash([run_seed, *battle.key]), 16) % 2**31
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,16 @@ class LLMJudge:
             self._generator = load_generator(self.settings.engine, self.settings.model)
         params = SamplingParams(1, self.settings.max_new_tokens, self.settings.temperature, 1.0, self.seed)
         prompts = [judge_prompt(b, self.settings.allow_ties) for b in battles]
-        completions = self._generator.generate(prompts, params, progress)
+        completions = self._generator.generate(prompts, params, progress, seeds=[battle_seed(self.seed, b) for b in battles])
         return [parse_verdict(c.text, b.order, c.finish_reason, self.settings.allow_ties) for b, (c,) in zip(battles, completions)]
+
+
+def judges_with_training_reward(cfg: CrocoConfig) -> bool:
+    """Whether the reward judge is the reward model the training pairs were chosen with: a circular judge,
+    bound to favour the tuned models."""
+    judge, trained_with = cfg.judge.model or cfg.models.reward, cfg.models.reward
+    same_model = (judge.path, judge.revision, judge.adapter) == (trained_with.path, trained_with.revision, trained_with.adapter)
+    return cfg.judge.kind == "reward" and same_model
 
 
 class RewardJudge:

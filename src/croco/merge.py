@@ -14,6 +14,15 @@ import torch
 from croco.errors import CrocoError
 
 
+def default_output(adapter: Path) -> Path:
+    """`merged/` beside an adapter of one's own; for an adapter inside a committed croco version (immutable),
+    `merged/<stage>-<key>` in the working directory."""
+    version = adapter.resolve().parent.parent  # <version>/files/adapter
+    if (version / "manifest.json").exists():
+        return Path("merged") / f"{version.parent.parent.name}-{version.name}"
+    return adapter.parent / "merged"
+
+
 def merge_adapter(adapter: Path, out: Path | None = None, dtype: str = "auto") -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,7 +31,7 @@ def merge_adapter(adapter: Path, out: Path | None = None, dtype: str = "auto") -
     if not config_file.exists():
         raise CrocoError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     base = json.loads(config_file.read_text())["base_model_name_or_path"]
-    out = out or adapter.parent / "merged"
+    out = out or default_output(adapter)
     weights = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=weights, use_safetensors=True)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -4,7 +4,8 @@ The original layout, per language:
 - a scored JSONL file, one line per sample: {"messages": [user, assistant], "reward_score": float};
 - an originals JSONL file, one line per prompt, in the same (parallel) line order in every
   language, so line k is prompt k everywhere.
-The language comes from each file's name (`train_da.jsonl`, `da-scored.jsonl`, ...).
+The language comes from each file's name, as a code or an English name (`train_da.jsonl`,
+`eurollm_danish_scored.jsonl`, `danish.jsonl`, `da-scored.jsonl`, ...).
 
 Samples are matched to their prompt by the user message, with the optional "Please respond
 in ..." instruction recognised (the original code lost such samples silently). A sample
@@ -35,13 +36,14 @@ from json.decoder import scanstring
 from croco.errors import CrocoError
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.pairing import PRODUCTS, ScoredSamples, build_products
-from croco.fileio import write_atomic
+from croco.fileio import decode_text, text_lines, write_atomic
 
 log = logging.getLogger("croco")
 
 FAILED_SCORE = -999.0  # what the original wrote when scoring failed
-_LAYOUT_START = b'{"messages": [{"role": "user", "content": '
-_REWARD_KEY = b'"reward_score":'
+_LAYOUT_START = '{"messages": [{"role": "user", "content": '
+_REWARD_KEY = '"reward_score":'
+_CODE_OF_NAME = {language.name.lower(): code for code, language in LANGUAGES.items()}  # "danish" -> "da"
 _INSTRUCTION = re.compile(r"\s*" + re.escape(LANGUAGE_INSTRUCTION).replace(r"\{language\}", r"[\w ]+?") + r"\s*$")
 
 
@@ -59,10 +61,20 @@ class ScoredFile:
 
 
 def language_of(path: Path) -> str:
-    tokens = [t for t in re.split(r"[^A-Za-z]+", path.name.removesuffix(".jsonl")) if t.lower() in LANGUAGES]
-    if len(set(t.lower() for t in tokens)) != 1:
-        raise CrocoError(f"cannot tell the language of {path} from its name; name it with one language code, e.g. scored_da.jsonl")
-    return tokens[0].lower()
+    """The language a file's name gives, as a code or an English name: by the original code's rule, its last
+    '_'-separated word once the extension and `_scored` are removed (`eurollm_danish_scored.jsonl`, `danish.jsonl`,
+    `train_da.jsonl`); else the one language among its words (`da-scored.jsonl`)."""
+    stem = path.name.removesuffix(path.suffix)
+    last = _language_named(stem.removesuffix("_scored").rsplit("_", 1)[-1])
+    named = {code for code in map(_language_named, re.split(r"[^A-Za-z]+", stem)) if code}
+    if last is None and len(named) != 1:
+        raise CrocoError(f"cannot tell the language of {path} from its name; end it with a language code or name, e.g. scored_da.jsonl or danish_scored.jsonl")
+    return last or named.pop()
+
+
+def _language_named(word: str) -> str | None:
+    word = word.lower()
+    return word if word in LANGUAGES else _CODE_OF_NAME.get(word)
 
 
 def migrate(scored: list[Path], originals: list[Path], out: Path, target: str, k: float, prompt_source: str, seed: int) -> dict:
@@ -125,20 +137,19 @@ def migrate(scored: list[Path], originals: list[Path], out: Path, target: str, k
 
 def _prompt_lines(originals: Path) -> dict[str, int]:
     lines: dict[str, int] = {}
-    with open(originals, encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
-            try:
-                messages = json.loads(line)["messages"]
-                prompt = next(m["content"] for m in messages if m["role"] == "user")
-            except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
-                raise CrocoError(f"{originals} line {number + 1}: expected a JSON object with a user message in 'messages'") from None
-            if prompt in lines:
-                raise CrocoError(f"{originals} lines {lines[prompt] + 1} and {number + 1} hold the same prompt; samples could not be matched to one of them")
-            lines[prompt] = number
+    for number, line in text_lines(originals):
+        try:
+            messages = json.loads(line)["messages"]
+            prompt = next(m["content"] for m in messages if m["role"] == "user")
+        except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+            raise CrocoError(f"{originals} line {number}: expected a JSON object with a user message in 'messages'") from None
+        if prompt in lines:
+            raise CrocoError(f"{originals} lines {lines[prompt] + 1} and {number} hold the same prompt; samples could not be matched to one of them")
+        lines[prompt] = number - 1  # line k (from 0) is prompt k
     return lines
 
 
-def _user_and_reward(line: bytes) -> tuple[str, object]:
+def _user_and_reward(line: str) -> tuple[str, object]:
     """The first message's content and the reward of one scored line.
 
     Most of a line is the response, which pairing does not need until a sample is selected;
@@ -148,10 +159,9 @@ def _user_and_reward(line: bytes) -> tuple[str, object]:
     at = line.rfind(_REWARD_KEY)
     if line.startswith(_LAYOUT_START) and at > 0:
         try:
-            score = float(line[at + len(_REWARD_KEY) :].strip().removesuffix(b"}"))
-            text = line.decode("utf-8")
-            if text[len(_LAYOUT_START)] == '"':
-                return scanstring(text, len(_LAYOUT_START) + 1)[0], score
+            score = float(line[at + len(_REWARD_KEY) :].strip().removesuffix("}"))
+            if line[len(_LAYOUT_START)] == '"':
+                return scanstring(line, len(_LAYOUT_START) + 1)[0], score
         except (ValueError, IndexError):
             pass
     record = json.loads(line)
@@ -171,7 +181,7 @@ def _read_scored(path: Path, language: str, originals: Path) -> ScoredFile:
             if not line.strip():
                 continue
             try:
-                user, score = _user_and_reward(line)
+                user, score = _user_and_reward(decode_text(line, str(path), number, start))
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                 raise CrocoError(f"{path} line {number}: expected {{\"messages\": [user, assistant], \"reward_score\": number}}") from None
             if score is None or isinstance(score, bool) or not isinstance(score, (int, float)):

@@ -61,6 +61,24 @@ def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwar
     return loaded.to(device).eval()
 
 
+def load_reward_model(model: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """A one-logit sequence classifier whose score head runs in float32 whatever the backbone's dtype.
+
+    A bfloat16 logit keeps 8 significant bits: rewards of magnitude 16 or more would round to steps
+    of 0.125 and tie samples the head tells apart, and the pairing step would read those ties.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = load_model(model, AutoModelForSequenceClassification, device)
+    classifier = loaded.get_base_model() if hasattr(loaded, "get_base_model") else loaded  # under a PEFT adapter
+    head = next((getattr(classifier, name) for name in ("score", "classifier") if isinstance(getattr(classifier, name, None), torch.nn.Module)), None)
+    if head is None:
+        raise CrocoError(f"reward model {model.path} has no `score` or `classifier` head; croco runs a sequence classifier's head in float32")
+    head.float()
+    head.register_forward_pre_hook(lambda _, inputs: tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs))
+    return loaded
+
+
 def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool, template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """Token ids of a conversation rendered with the model's chat template.
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from croco.config import CrocoConfig
 from croco.fileio import stable_hash
+from croco.redaction import redact_value
 from croco.storage import Storage
 
 
@@ -43,9 +44,10 @@ class Unit:
 
 
 class Plan:
-    def __init__(self, units: list[Unit]):
+    def __init__(self, units: list[Unit], skipped: dict[str, str] | None = None):
         self.units = units
         self.by_id = {u.id: u for u in units}
+        self.skipped = skipped or {}  # `stage/language` -> why that stage does not run there (e.g. no EuroEval datasets)
 
     def of(self, stage: str) -> list[Unit]:
         return [u for u in self.units if u.stage == stage]
@@ -64,15 +66,19 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
     """The units of the target stages (every enabled stage by default) and of every stage they read from."""
     modules = {m.NAME: m for m in stage_modules()}
     units: dict[str, Unit] = {}
+    skipped: dict[str, str] = {}
     for module in modules.values():
         if not module.enabled(cfg):
             continue
+        if hasattr(module, "skipped"):  # a stage that cannot run in some of the run's languages says why
+            skipped |= {f"{module.NAME}/{language}": reason for language, reason in module.skipped(cfg).items()}
         for language, model in module.units(cfg):
             read = module.inputs(cfg, language, model)
             missing = [i for i in read if i not in units]
             if missing:
                 raise ValueError(f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?")
-            settings = module.settings(cfg, language, model)
+            # Masked: a key or URL password pasted into the config is kept out of the key and the manifest.
+            settings = redact_value(module.settings(cfg, language, model))
             key = stable_hash({"stage": module.NAME, "code": module.CODE_VERSION, "settings": settings, "inputs": [units[i].key for i in read]})
             unit = Unit(module.NAME, language, key, model, tuple((i, units[i].version_path) for i in read), settings)
             units[unit.id] = unit
@@ -84,11 +90,13 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
         if current not in needed:
             needed.add(current)
             todo.extend(unit_id for unit_id, _ in units[current].inputs)
-    return Plan([u for u in units.values() if u.id in needed])
+    stages = wanted | {units[unit_id].stage for unit_id in needed}
+    return Plan([u for u in units.values() if u.id in needed], {unit_id: why for unit_id, why in skipped.items() if unit_id.split("/")[0] in stages})
 
 
 def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:
-    """Per unit: whether its version is committed and intact (`cached`), partly done (`resume`) or still to run."""
+    """Per unit: whether its version is committed and intact (`cached`), partly done (`resume`) or still to run;
+    then each skipped stage and language, with why."""
     rows = []
     for unit in plan.units:
         version = storage.version(unit.stage, unit.language, unit.key)
@@ -101,4 +109,4 @@ def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:
         else:
             state = f"redo ({problems[0]})"
         rows.append({"unit": unit.id, "state": state, "version": version.relative})
-    return rows
+    return rows + [{"unit": unit_id, "state": f"skipped: {why}", "version": ""} for unit_id, why in plan.skipped.items()]

@@ -30,7 +30,11 @@ SAMPLE = pa.schema(
         ("prompt", pa.string()),  # the first user message as loaded
         ("prompt_sent", pa.string()),  # what the policy saw (prompt plus the optional language instruction)
         ("response", pa.string()),
-        ("finish_reason", pa.string()),  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+        # "stop" (end-of-turn token), "length" (hit max_new_tokens), another reason a server gave
+        # ("content_filter", "abort", ...), or "unknown" when it gave none
+        ("finish_reason", pa.string()),
+        # null where the engine does not know a sample's own count (an OpenAI-compatible server asked for
+        # several samples at once reports one total for all of them)
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
         ("policy", pa.string()),
@@ -100,8 +104,8 @@ ARENA_ANSWER = pa.schema(
         ("prompt", pa.string()),
         ("output", pa.string()),  # the answer, without any reasoning trace
         ("reasoning", pa.string()),  # a <think> trace or the server's reasoning field, kept apart
-        ("finish_reason", pa.string()),
-        ("prompt_tokens", pa.int32()),
+        ("finish_reason", pa.string()),  # as in SAMPLE
+        ("prompt_tokens", pa.int32()),  # as in SAMPLE: null where unknown
         ("completion_tokens", pa.int32()),
         ("generator", pa.string()),  # model path, plus the adapter if any
     ]
@@ -120,6 +124,18 @@ JUDGMENT = pa.schema(
         ("judgment", pa.string()),  # the judge's text, or the two rewards for the reward judge
         ("model_length", pa.int32()),  # answer lengths in characters
         ("baseline_length", pa.int32()),
+    ]
+)
+
+# An arena answer the judge could not pit against the baseline (e.g. the baseline has no answer to that question).
+BATTLE_SKIPPED = pa.schema(
+    [
+        ("model", pa.string()),
+        ("baseline", pa.string()),
+        ("language", pa.string()),
+        ("question_id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
     ]
 )
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from croco.config import CrocoConfig
 from croco.plan import Plan
 from croco.records import SAMPLE, SAMPLE_KEY, SCORE
-from croco.storage import Storage
+from croco.storage import Storage, Version
 from croco.summaries import summary_line
 
 REPORT_FILE = "report.md"
@@ -30,17 +30,19 @@ def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict
     up = "../../"  # from runs/<name>/ back to the storage root, where the versions are
     lines = [f"# croco run `{cfg.name}`", "", f"Storage: `{storage.uri}`", "", "## Stages", ""]
     lines += [f"- {summary_line(unit, manifests[unit.id])}" for unit in plan.units]
-    generated = [storage.version_at(u.version_path) for u in plan.of("generate")]
+    lines += [f"- {unit_id}: skipped, {why}" for unit_id, why in plan.skipped.items()]
+    # Only the columns shown, and texts only for the samples quoted: a run may hold 100 million samples.
+    generated = {u.language: storage.version_at(u.version_path) for u in plan.of("generate")}
     scored = [storage.version_at(u.version_path) for u in plan.of("score")]
     if generated:
-        samples = pa.concat_tables(v.read(SAMPLE, columns=["prompt_id", "language", "sample_index", "finish_reason", "completion_tokens"]) for v in generated)
+        samples = pa.concat_tables(v.read(SAMPLE, columns=["prompt_id", "language", "sample_index", "finish_reason", "completion_tokens"]) for v in generated.values())
         lines += ["", "## Samples", "", *_sample_table(samples)]
     if scored:
-        scores = pa.concat_tables(v.read(SCORE) for v in scored)
+        scores = pa.concat_tables(v.read(SCORE, columns=[*SAMPLE_KEY, "reward"]) for v in scored)
         lines += ["", "## Rewards", "", *_reward_table(scores), "", f"![rewards per language]({REWARD_PLOT})"]
         storage.put(f"{folder}/{REWARD_PLOT}", _plot_rewards(scores))
         lines += ["", "## Best and worst answer of the first prompt, per language", ""]
-        lines += _extremes(generated, scores)
+        lines += _extremes(generated, samples, scores)
     for unit in plan.of("pair"):
         lines += ["", "## Pairs", "", "| product | records |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in manifests[unit.id]["products"].items()]
@@ -71,15 +73,19 @@ def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
 
 
 def _sample_table(samples: pa.Table) -> list[str]:
-    rows = ["| language | samples | prompts | stopped | hit max_new_tokens | mean tokens |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| language | samples | prompts | stopped | hit max_new_tokens | other finish | mean tokens |", "|---|---:|---:|---:|---:|---:|---:|"]
     by_language = samples.group_by("language").aggregate(
         [("sample_index", "count"), ("prompt_id", "count_distinct"), ("completion_tokens", "mean")]
     )
+    finishes = samples.group_by(["language", "finish_reason"]).aggregate([("sample_index", "count")]).to_pylist()
+    finished = {(r["language"], r["finish_reason"]): r["sample_index_count"] for r in finishes}
     for row in sorted(by_language.to_pylist(), key=lambda r: r["language"]):
-        reasons = samples.filter(pc.equal(samples["language"], row["language"]))["finish_reason"].to_pylist()
+        stopped, cut = finished.get((row["language"], "stop"), 0), finished.get((row["language"], "length"), 0)
+        other = row["sample_index_count"] - stopped - cut  # a server's content_filter, abort, unknown
+        mean = row["completion_tokens_mean"]  # over the samples whose count is known; none when no count is
         rows.append(
-            f"| {row['language']} | {row['sample_index_count']} | {row['prompt_id_count_distinct']} | {reasons.count('stop')} "
-            f"| {reasons.count('length')} | {row['completion_tokens_mean']:.1f} |"
+            f"| {row['language']} | {row['sample_index_count']} | {row['prompt_id_count_distinct']} | {stopped} "
+            f"| {cut} | {other} | {'–' if mean is None else f'{mean:.1f}'} |"
         )
     return rows
 
@@ -97,18 +103,19 @@ def _reward_table(scores: pa.Table) -> list[str]:
     return rows
 
 
-def _extremes(generated: list, scores: pa.Table) -> list[str]:
-    """Only the first prompt's samples of each language are read with their texts."""
+def _extremes(generated: dict[str, Version], samples: pa.Table, scores: pa.Table) -> list[str]:
+    """Texts are read only for the samples of each language's first prompt (the smallest id; prompts are stored in
+    id order, so it is in the first shard)."""
+    first_prompt = {r["language"]: r["prompt_id_min"] for r in samples.group_by("language").aggregate([("prompt_id", "min")]).to_pylist()}
     lines = []
-    for version in generated:
-        shard = version.shard_names()[0]
-        samples = version.read_shard(shard, SAMPLE, columns=[*SAMPLE_KEY, "prompt", "response"])
-        first = min(samples["prompt_id"].to_pylist())
-        samples = samples.filter(pc.equal(samples["prompt_id"], first))
-        rows = scores.join(samples, keys=list(SAMPLE_KEY), join_type="inner").to_pylist()
+    for language, version in generated.items():
+        first = first_prompt.get(language)
+        if first is None:
+            continue
+        texts = version.read_shard(version.shard_names()[0], SAMPLE, columns=[*SAMPLE_KEY, "prompt", "response"], filters=[("prompt_id", "=", first)])
+        rows = scores.join(texts, keys=list(SAMPLE_KEY), join_type="inner").to_pylist()
         if not rows:
             continue
-        language = rows[0]["language"]
         pool = sorted(rows, key=lambda r: (-r["reward"], r["sample_index"]))
         lines += [f"**{language} / {first}**: {_quote(pool[0]['prompt'])}", ""]
         lines += [f"- best ({pool[0]['reward']:.2f}): {_quote(pool[0]['response'])}"]
@@ -129,8 +136,8 @@ def _plot_rewards(scores: pa.Table) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    languages = sorted(set(scores["language"].to_pylist()))
-    rewards = [scores.filter(pc.equal(scores["language"], code))["reward"].to_pylist() for code in languages]
+    languages = sorted(pc.unique(scores["language"]).to_pylist())
+    rewards = [scores.filter(pc.equal(scores["language"], code))["reward"].to_numpy() for code in languages]
     fig, ax = plt.subplots(figsize=(1.2 * len(languages) + 2, 3.5))
     ax.boxplot(rewards, tick_labels=languages, showmeans=True)
     ax.set_xlabel("language")

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from croco.config import DataSource
 from croco.embedded import resolve_data
 from croco.errors import CrocoError
-from croco.fileio import file_sha256, folder_sha256
+from croco.fileio import file_sha256, folder_sha256, read_text, text_lines
 
 
 def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -22,17 +22,16 @@ def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[s
     if local is None:
         yield from _read_hub(source, name or source.name)
     elif local.suffix == ".jsonl":
-        with open(local, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{local} line {number}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{local} line {number}", Malformed(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        for number, line in text_lines(local):
+            if not line.strip():
+                continue
+            try:
+                yield f"{local} line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"{local} line {number}", Malformed(f"not valid JSON ({exc.msg} at column {exc.colno})")
     else:
         try:
-            data = json.loads(local.read_text(encoding="utf-8"))
+            data = json.loads(read_text(local))
         except json.JSONDecodeError as exc:
             raise CrocoError(f"{local} is not valid JSON ({exc.msg} at line {exc.lineno}); use a list of records or JSONL") from None
         if not isinstance(data, list):

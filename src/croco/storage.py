@@ -25,7 +25,8 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ log = logging.getLogger("croco")
 MANIFEST = "manifest.json"
 PARTS = ("data", "skipped")
 ALL_LANGUAGES = "all"
+# Long free text (answers) is rarely repeated: a dictionary page would only be built and thrown away.
+DICTIONARY_MAX_AVERAGE_BYTES = 256
+# Uploads and downloads run beside the stage's work (the next shard's encoding, generation or decoding).
+UPLOADS_IN_FLIGHT = 2
+_TRANSFERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="croco-storage")
 
 
 class CorruptShard(CrocoError):
@@ -49,10 +55,11 @@ class CorruptShard(CrocoError):
 
 
 class Storage:
-    def __init__(self, root: str):
+    def __init__(self, root: str, credentials_block: str | None = None):
         if "@" in root.split("://", 1)[-1].split("/", 1)[0]:
             raise CrocoError("storage.root must not hold credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile instead")
-        self.fs, path = fsspec.core.url_to_fs(root)
+        options = _block_credentials(credentials_block, root) if credentials_block else {}
+        self.fs, path = fsspec.core.url_to_fs(root, **options)
         self.local = "file" in _protocols(self.fs)
         self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
         self.uri = self.root if self.local else f"{_protocols(self.fs)[0]}://{self.root}"
@@ -123,8 +130,50 @@ class Storage:
         response = self.fs.pipe_file(path, data) or {}
         return {"version_id": response["VersionId"]} if response.get("VersionId") else {}
 
+    def object_version(self, path: str) -> str | None:
+        """The object version id of what is at `path` now, where the bucket keeps versions (one HEAD)."""
+        return None if self.local else self.fs.info(path, refresh=True).get("VersionId")
+
     def uri_of(self, path: str) -> str:
         return path if self.local else f"{self.uri.split('://')[0]}://{path}"
+
+
+def storage_of(cfg) -> Storage:
+    """The storage a config names (its root, and its credentials block if any)."""
+    return Storage(cfg.storage.root, cfg.storage.credentials_block)
+
+
+def _block_credentials(name: str, root: str) -> dict[str, Any]:
+    """s3fs options from a saved Prefect AwsCredentials block; they stay in memory, never in a file or log."""
+    if not root.startswith("s3://"):
+        raise CrocoError(f"storage.credentials_block is for an s3:// root, and storage.root is {root!r}")
+    from prefect_aws import AwsCredentials
+
+    try:
+        block = AwsCredentials.load(name, _sync=True)
+    except ValueError as error:
+        raise CrocoError(f"storage.credentials_block: no AwsCredentials block named {name!r} on the Prefect server ({error})") from None
+    if block.assume_role_arn:
+        raise CrocoError(f"storage.credentials_block: block {name!r} assumes a role, which croco's s3fs storage does not do; use a profile instead")
+    secret = block.aws_secret_access_key
+    options = {
+        "key": block.aws_access_key_id,
+        "secret": secret.get_secret_value() if secret else None,
+        "token": block.aws_session_token,
+        "profile": block.profile_name,
+        "endpoint_url": block.aws_client_parameters.endpoint_url,
+        "client_kwargs": {"region_name": block.region_name} if block.region_name else None,
+    }
+    return {option: value for option, value in options.items() if value}
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """Parquet with LZ4 (decodes several times faster than Snappy at about the same size) and dictionary
+    pages only for columns that repeat: ids, languages, prompts."""
+    repeated = [f.name for f in table.schema if not (pa.types.is_string(f.type) and table.column(f.name).nbytes > DICTIONARY_MAX_AVERAGE_BYTES * max(table.num_rows, 1))]
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="lz4", use_dictionary=repeated)
+    return buffer.getvalue()
 
 
 def _protocols(fs) -> tuple[str, ...]:
@@ -136,6 +185,8 @@ def _protocols(fs) -> tuple[str, ...]:
 class Version:
     storage: Storage
     path: str
+    # Shard uploads in flight (at most UPLOADS_IN_FLIGHT): the next shard is encoded meanwhile.
+    _uploads: list[Future] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def relative(self) -> str:
@@ -156,6 +207,9 @@ class Version:
             return json.loads(self.storage.fs.cat_file(f"{self.path}/{MANIFEST}"))
         except FileNotFoundError:
             return None
+
+    def manifest_version_id(self) -> str | None:
+        return self.storage.object_version(f"{self.path}/{MANIFEST}")
 
     def committed(self) -> bool:
         return self.storage.fs.exists(f"{self.path}/{MANIFEST}")
@@ -209,6 +263,7 @@ class Version:
     def finished_shards(self, verify: bool = True) -> dict[str, dict]:
         """Index entries of the finished shards; with `verify`, each shard is checked against its entry
         and a broken one (truncated, corrupt, missing) is removed and reported, so it is redone."""
+        self.flush()
         fs = self.storage.fs
         fs.invalidate_cache(self.path)
         entries = {}
@@ -232,21 +287,31 @@ class Version:
         except FileNotFoundError:
             return False
 
-    def write_shard(self, name: str, records: pa.Table | list[dict], schema: pa.Schema, skipped: list[dict] | None = None, skipped_schema: pa.Schema | None = None) -> dict:
-        """Write one shard (its records, and its skipped records if there are any), then its index entry:
-        the entry marks it finished."""
-        entry: dict[str, dict | None] = {"skipped": None}
+    def write_shard(self, name: str, records: pa.Table | list[dict], schema: pa.Schema, skipped: list[dict] | None = None, skipped_schema: pa.Schema | None = None) -> None:
+        """Encode one shard (its records, and its skipped records if there are any) and upload it in the
+        background, then its index entry: the entry marks it finished. A few shards are in flight at most; an
+        upload's error is raised here or at the next read, listing or commit."""
+        blobs = {}
         for part, rows, part_schema in (("data", records, schema), ("skipped", skipped or [], skipped_schema or SKIPPED)):
             table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=part_schema)
-            if part == "skipped" and table.num_rows == 0:
-                continue
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            data = buffer.getvalue()
+            if part == "data" or table.num_rows:
+                blobs[part] = (table.num_rows, _parquet_bytes(table))
+        while len(self._uploads) >= UPLOADS_IN_FLIGHT:
+            self._uploads.pop(0).result()
+        self._uploads.append(_TRANSFERS.submit(self._put_shard, name, blobs))
+
+    def _put_shard(self, name: str, blobs: dict[str, tuple[int, bytes]]) -> None:
+        entry: dict[str, dict | None] = {"skipped": None}
+        for part, (rows, data) in blobs.items():
             stored = self.storage.put(f"{self.path}/{part}/part-{name}.parquet", data)
-            entry[part] = {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **stored}
+            entry[part] = {"rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **stored}
         self.storage.put(f"{self.path}/index/part-{name}.json", json.dumps(entry).encode())
-        return entry
+
+    def flush(self) -> None:
+        """Wait for the shard uploads in flight and raise the first error."""
+        uploads, self._uploads = self._uploads, []
+        for upload in uploads:
+            upload.result()
 
     def remove_shard(self, name: str) -> None:
         for path in (f"{self.path}/index/part-{name}.json", f"{self.path}/data/part-{name}.parquet", f"{self.path}/skipped/part-{name}.parquet"):
@@ -258,32 +323,38 @@ class Version:
         return manifest["shards"] if manifest is not None else self.finished_shards(verify=False)
 
     def read(self, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
-        """Every finished shard (all of them once committed), each checked against its index entry."""
+        """Every finished shard (all of them once committed), each checked against its index entry; later
+        shards download while earlier ones decode."""
         part = "skipped" if skipped else "data"
-        tables = [self._read_shard(name, entry[part], part, schema, columns) for name, entry in sorted(self._entries().items()) if entry[part]]
+        shards = [(name, entry[part]) for name, entry in sorted(self._entries().items()) if entry[part]]
+        downloads = [_TRANSFERS.submit(self._fetch, f"{self.path}/{part}/part-{name}.parquet") for name, _ in shards]
+        tables = [self._decode(name, entry, part, download.result(), schema, columns) for (name, entry), download in zip(shards, downloads)]
         if not tables:
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
         return pa.concat_tables(tables)
 
-    def read_shard(self, name: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-        return self._read_shard(name, self._entries()[name]["data"], "data", schema, columns)
+    def read_shard(self, name: str, schema: pa.Schema, columns: list[str] | None = None, filters: list[tuple] | None = None) -> pa.Table:
+        """One finished shard; `filters` (pyarrow's DNF, e.g. [("prompt_id", "=", "p1")]) keeps only the rows wanted."""
+        data = self._fetch(f"{self.path}/data/part-{name}.parquet")
+        return self._decode(name, self._entries()[name]["data"], "data", data, schema, columns, filters)
 
     def shard_names(self) -> list[str]:
         return sorted(self._entries())
 
-    def _read_shard(self, name: str, entry: dict, part: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
-        path = f"{self.path}/{part}/part-{name}.parquet"
+    def _fetch(self, path: str) -> bytes:
         try:
-            data = self.storage.fs.cat_file(path)
+            return self.storage.fs.cat_file(path)
         except FileNotFoundError:
-            data = b""
+            return b""
+
+    def _decode(self, name: str, entry: dict, part: str, data: bytes, schema: pa.Schema, columns: list[str] | None, filters: list[tuple] | None = None) -> pa.Table:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             self.remove_shard(name)
             if self.committed():
                 self.uncommit(f"shard {part}/part-{name}.parquet is missing or corrupt")
             raise CorruptShard(f"{self.uri}: shard {part}/part-{name}.parquet is missing or corrupt (sha256 differs from its index); it was removed, rerun to redo it")
-        return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
+        return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema, filters=filters)
 
     # Other files ---------------------------------------------------------------------------------
 
@@ -328,12 +399,14 @@ class Version:
         """Write the manifest, last: from now on the version is complete and immutable."""
         shards = self.finished_shards(verify=False)  # this task wrote or verified each of them
         files = self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {}
+        file_versions = {name: self.storage.object_version(f"{self.path}/files/{name}") for name in files}
         manifest = {
             **report,
             "version": self.relative,
             "uri": self.uri,
             "shards": shards,
             "files": files,
+            **({"file_version_ids": file_versions} if any(file_versions.values()) else {}),
             # What the data is, not only what asked for it: a later unit records the digests it read.
             "digest": stable_hash([{n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()}, files]),
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

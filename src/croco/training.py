@@ -28,6 +28,7 @@ import yaml
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
 from croco.records import DPO, SFT
+from croco.redaction import redact_value
 from croco.storage import Version
 
 log = logging.getLogger("croco")
@@ -129,7 +130,7 @@ def fit(
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
     folder = out.work_folder()  # checkpoints and outputs before upload
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
+    (folder / "config.yaml").write_text(yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible engine against a real local server (`transformers serve`), never a mock."""
+"""The OpenAI-compatible engine against a real local server (`transformers serve`), and against a scripted one
+where a real server cannot be made to answer as the test needs (a content filter, several samples in one response)."""
 
 import pytest
 
@@ -7,7 +8,7 @@ from croco.engines import SamplingParams, load_generator
 from croco.errors import CrocoError
 from croco.records import ARENA_ANSWER, JUDGMENT
 
-from conftest import make_config, read, run, write_jsonl
+from conftest import make_config, read, run, scripted_choice, scripted_openai_server, write_jsonl
 
 
 def arena_question(qid: str, language: str) -> dict:
@@ -27,6 +28,25 @@ def test_samples_match_the_transformers_engine_and_missing_choices_are_asked_for
     assert all(c.finish_reason in {"stop", "length"} and 0 < c.completion_tokens <= 8 and c.prompt_tokens > 0 for s in remote for c in s)
     local = load_generator(EngineConfig(device="cpu"), model).generate(PROMPTS, params)
     assert [s[0].text for s in remote] == [s[0].text for s in local]
+
+
+def test_each_sample_keeps_the_finish_reason_and_token_count_the_server_gave_it():
+    reasons = ["stop", "length", "content_filter", "abort", None]
+
+    def reply(request):
+        if request["n"] == 1:
+            return {"choices": [scripted_choice(0, "alone", "content_filter")], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+        choices = [scripted_choice(i, f"answer {i}", reason) for i, reason in enumerate(reasons)]
+        return {"choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": 50, "total_tokens": 57}}
+
+    with scripted_openai_server(reply) as (url, _):
+        generator = load_generator(EngineConfig(name="openai", base_url=url), ModelConfig(path="scripted"))
+        (samples,) = generator.generate(PROMPTS[:1], SamplingParams(len(reasons), 8, 1.0, 1.0, 0))
+        ((alone,),) = generator.generate(PROMPTS[:1], SamplingParams(1, 8, 1.0, 1.0, 0))
+    assert [s.finish_reason for s in samples] == ["stop", "length", "content_filter", "abort", "unknown"]
+    # One usage for five samples says nothing of any one of them: no count, rather than the average.
+    assert [(s.prompt_tokens, s.completion_tokens) for s in samples] == [(7, None)] * len(reasons)
+    assert (alone.finish_reason, alone.prompt_tokens, alone.completion_tokens) == ("content_filter", 7, 3)
 
 
 def test_an_unset_key_variable_is_named(smollm_dir):

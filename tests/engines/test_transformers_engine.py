@@ -44,6 +44,14 @@ def test_generate_returns_n_completions_per_prompt_in_order(generator):
             assert c.finish_reason in {"stop", "length"}
 
 
+def test_a_seeded_prompt_samples_the_same_wherever_it_falls(tiny_models):
+    one_at_a_time = TransformersGenerator(EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=tiny_models["policy"]))
+    together = one_at_a_time.generate(PROMPTS, params(n=2, tokens=8), seeds=[11, 22, 33])
+    # The longest prompt is sampled last among three, then alone (as in another shard, or a resumed run).
+    assert one_at_a_time.generate(PROMPTS[1:2], params(n=2, tokens=8), seeds=[22]) == together[1:2]
+    assert together[1][0] != together[1][1]  # a prompt's samples still differ from each other
+
+
 def test_same_seed_same_samples_other_seed_other_samples(generator):
     first = generator.generate(PROMPTS, params(seed=7, tokens=8))
     assert generator.generate(PROMPTS, params(seed=7, tokens=8)) == first
@@ -65,11 +73,21 @@ def test_greedy_is_deterministic(generator):
     assert a == b
 
 
-def test_chat_is_tokenized_once_without_a_second_bos(scorer):
+def test_chat_is_tokenized_once_without_a_second_bos(tiny_models):
+    # A Llama-style tokenizer: the chat template writes the BOS and tokenizing adds one of its own
+    # (SmolLM2's adds none, so it cannot tell a second BOS apart).
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["reward"])
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    assert tokenizer("Hi")["input_ids"][0] == bos
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    ids = encode_chat(scorer.tokenizer, conversation, generation_prompt=False)
-    text = scorer.tokenizer.apply_chat_template(conversation, tokenize=False)
-    assert ids == scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = encode_chat(tokenizer, conversation, generation_prompt=False)
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert ids == tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
 
 
 def test_scores_are_the_raw_logit_of_the_classifier(scorer, tiny_models):
@@ -83,6 +101,30 @@ def test_scores_are_the_raw_logit_of_the_classifier(scorer, tiny_models):
             expected = model(input_ids=ids).logits[0, 0].item()  # alone, unpadded: no sigmoid, no batching effects
         assert score.reward == pytest.approx(expected, abs=1e-4)
         assert score.num_tokens == ids.shape[1] and score.skip_reason is None
+
+
+def test_a_bfloat16_reward_model_scores_with_a_float32_head(tiny_models, tmp_path):
+    """bfloat16 rounds a logit of magnitude 16 or more to steps of 0.125 (and ties samples): the reward must equal the
+    head applied in float32 to the bfloat16 backbone's hidden state."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["reward"])
+    with torch.no_grad():
+        model.score.weight.mul_(1000)  # rewards in the hundreds, where bfloat16 steps are 1 or 2
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_models["reward"]).save_pretrained(tmp_path)
+    bf16_scorer = TransformersScorer(EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=str(tmp_path), dtype="bfloat16"))
+    conversations = [[*p, {"role": "assistant", "content": f"answer {i}"}] for i, p in enumerate(PROMPTS)]
+    rewards = [s.reward for s in bf16_scorer.score(conversations, max_len=4096)]
+
+    reference = AutoModelForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    pad = bf16_scorer.tokenizer.pad_token_id
+    for conversation, reward in zip(conversations, rewards):
+        ids = encode_chat(bf16_scorer.tokenizer, conversation, generation_prompt=False)
+        last = max(i for i, token in enumerate(ids) if token != pad)  # where the classifier pools
+        with torch.no_grad():
+            hidden = reference.model(input_ids=torch.tensor([ids])).last_hidden_state[0, last]
+        assert hidden.dtype == torch.bfloat16
+        expected = (hidden.float() @ reference.score.weight.float().T).item()
+        assert abs(expected) > 16 and reward == pytest.approx(expected, rel=1e-5)
 
 
 def test_too_long_conversations_are_skipped_never_scored(scorer):

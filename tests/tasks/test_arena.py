@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 
 from croco.errors import CrocoError
+from croco.plan import build_plan
 from croco.records import ARENA_ANSWER
 from croco.tasks.arena import ANSWERS_FILE, load_questions, split_reasoning
 
-from conftest import make_config, read, run, version, write_jsonl
+from conftest import make_config, read, run, scripted_choice, scripted_openai_server, version, write_jsonl
 
 
 def arena_question(qid: str, language: str, subcategory: str = "coding") -> dict:
@@ -21,7 +22,8 @@ def arena_file(tmp_path):
 
 
 def arena_config(tmp_path, tiny_models, prompts_file, arena_file, **sections):
-    sections = {"evaluate": {"run_adapters": [], "models": {"other": {"path": tiny_models["policy"], "dtype": "bfloat16"}}}, **sections}
+    evaluate = {"run_adapters": [], "models": {"other": {"path": tiny_models["policy"], "dtype": "bfloat16"}}}
+    sections = {"evaluate": evaluate, "judge": {"enabled": False}, **sections}  # answers only: no judge to name
     arena = {"prompts": {"path": str(arena_file)}, "max_new_tokens": 5, "engine": {"batch_size": 4}, **sections.pop("arena", {})}
     return make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], arena=arena, **sections)
 
@@ -81,3 +83,35 @@ def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(tmp_p
     assert again["cached"] == {"arena/en/policy": True, "arena/da/policy": True, "arena/en/other": False, "arena/da/other": False}
     answers = read(changed, "arena", ARENA_ANSWER).to_pylist()
     assert by_model_and_language(answers) == {("policy", "en"): 4, ("policy", "da"): 4, ("other", "en"): 4, ("other", "da"): 4}
+
+
+def test_on_a_server_each_model_is_asked_for_by_its_own_served_name(tmp_path, tiny_models, prompts_file, arena_file):
+    def reply(request):
+        return {"choices": [scripted_choice(0, f"answer of {request['model']}")], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+    evaluate = {"run_adapters": [], "models": {"other": {"path": tiny_models["policy"]}}, "served_models": {"policy": "base", "other": "base-tuned"}}
+    with scripted_openai_server(reply) as (url, _):
+        cfg = arena_config(tmp_path, tiny_models, prompts_file, arena_file, arena={"engine": {"name": "openai", "base_url": url}}, evaluate=evaluate)
+        run(cfg, stages=["arena"])
+    answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
+    assert {(a["model"], a["output"]) for a in answers} == {("policy", "answer of base"), ("other", "answer of base-tuned")}
+
+
+def test_a_named_dataset_configuration_gives_only_its_own_language_questions(tmp_path, tiny_models, prompts_file):
+    """A hub dataset in m-ArenaHard's layout (one configuration per language, here a local dataset folder); naming one
+    configuration must not hand its questions to every run language."""
+    folder = tmp_path / "m-arena"
+    (folder / "data").mkdir(parents=True)
+    for language in ("en", "da"):
+        write_jsonl(folder / "data" / f"{language}.jsonl", [arena_question(f"q{i}", language) for i in range(2)])
+    configs = "".join(f"- config_name: {code}\n  data_files:\n  - split: test\n    path: data/{code}.jsonl\n" for code in ("en", "da"))
+    (folder / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    questions_only = {"judge": {"enabled": False}}
+    per_language = arena_config(tmp_path, tiny_models, prompts_file, folder, arena={"prompts": {"path": str(folder), "split": "test"}}, **questions_only)
+    assert {(q["language"], q["prompt"]) for q in load_questions(per_language)} == {(lang, f"Question q{i} in {lang}?") for lang in ("en", "da") for i in range(2)}
+
+    named = arena_config(tmp_path, tiny_models, prompts_file, folder, arena={"prompts": {"path": str(folder), "split": "test", "name": "da"}}, **questions_only)
+    assert {q["language"] for q in load_questions(named)} == {"da"}
+    plan = build_plan(named, ["arena"])
+    assert {u.language for u in plan.units} == {"da"}
+    assert plan.skipped == {"arena/en": f"{folder} holds no questions in English (en)"}

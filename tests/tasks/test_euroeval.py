@@ -6,7 +6,6 @@ points elsewhere. Without one, those tests are skipped and say why.
 """
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from croco.records import EUROEVAL_SCORE
 from croco.storage import Storage
 from croco.tasks import euroeval
 
-from conftest import REPO, background, free_port, make_config, transformers_serve
+from conftest import REPO, background, free_port, make_config, run, transformers_serve
 
 DATA = Path(__file__).parent / "euroeval_data"
 FLAT = {  # a record as EuroEval 16.11 wrote it on this machine
@@ -67,17 +66,27 @@ def test_both_result_formats_become_one_comparison(tmp_path, tiny_models, prompt
     ]
 
 
-def test_units_skip_languages_without_datasets_and_name_them(tmp_path, tiny_models, prompts_file, caplog):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], languages=["da", "ga", "en"],
+def test_languages_without_datasets_are_counted_skips_with_their_reason(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], languages=["da", "ga", "en", "nb"],
                       evaluate={"run_adapters": [], "models": {"twin": {"path": tiny_models["policy"]}}}, euroeval={"enabled": True})
     assert list(euroeval.dataset_table(cfg)) == ["da", "en"]
-    with caplog.at_level(logging.WARNING, logger="croco"):
-        found = euroeval.units(cfg)
-    assert found == [("da", "policy"), ("da", "twin"), ("en", "policy"), ("en", "twin")]
-    assert "Irish (ga) has no datasets" in caplog.text
-    # Two names for one model are two versions: each holds rows under its own name.
+    assert euroeval.units(cfg) == [("da", "policy"), ("da", "twin"), ("en", "policy"), ("en", "twin")]
     plan = build_plan(cfg, ["euroeval"])
+    assert plan.skipped == {
+        "euroeval/ga": "EuroEval has no datasets in Irish (ga)",
+        "euroeval/nb": "croco's EuroEval table (`croco euroeval-datasets`) lists no datasets for Norwegian Bokmål (nb); set euroeval.datasets.nb to benchmark it",
+    }
+    skips = [row for row in describe(plan, Storage(cfg.storage.root)) if row["state"].startswith("skipped")]
+    assert [row["unit"] for row in skips] == ["euroeval/ga", "euroeval/nb"]  # `croco plan` and the run's plan table show them
+    # Two names for one model are two versions: each holds rows under its own name.
     assert plan.by_id["euroeval/da/policy"].key != plan.by_id["euroeval/da/twin"].key
+
+
+@pytest.mark.parametrize("code", ["dk", "ga"])
+def test_a_datasets_key_that_is_no_euroeval_language_is_a_config_error(tmp_path, tiny_models, prompts_file, code):
+    with pytest.raises(CrocoError, match=rf"^config: key euroeval\.datasets: '{code}' is not a language EuroEval has datasets for; use one of en, da, "):
+        make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], languages=["da"],
+                    euroeval={"enabled": True, "datasets": {code: ["angry-tweets"]}})
 
 
 def euroeval_python() -> str:
@@ -137,3 +146,82 @@ def test_real_euroeval_offline_on_a_local_dataset_and_a_local_server(tmp_path, t
     assert "| da | croco-tiny-sentiment-da | mcc | policy |" in "\n".join(euroeval.summarize(cfg, {unit.id: version}))
     # Committed and intact: the next run of this unit is a cache hit and runs nothing.
     assert [row["state"] for row in describe(plan, storage)] == ["cached"]
+
+
+FAKE_CLI = '''
+import json
+from pathlib import Path
+
+
+def benchmark(args):
+    """Writes a result per dataset, what its process was given (command line and key), and prints the key it got."""
+    key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+    model = args[args.index("--model") + 1]
+    total = {"test_mcc": 10.0, "test_mcc_se": 1.0}
+    with open("euroeval_benchmark_results.jsonl", "a") as results:
+        for dataset in (args[i + 1] for i, a in enumerate(args) if a == "--dataset"):
+            results.write("\\n" + json.dumps({"dataset": dataset, "languages": ["da"], "model": model, "results": {"total": total}, "few_shot": True}))
+    cmdline = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+    Path("seen.json").write_text(json.dumps({"cmdline": cmdline, "api_key": key}))
+    print(f"benchmarking {model} with API key {key}")
+    return 0
+'''
+FAKE_REGISTRY = '''
+from types import SimpleNamespace
+
+
+def get_all_dataset_configs(custom_datasets_file):
+    return {"fake-sentiment-da": SimpleNamespace(name="fake-sentiment-da", languages=[SimpleNamespace(code="da")])}
+'''
+
+
+def fake_euroeval(folder: Path, version: str = "0.0.1") -> str:
+    """An interpreter whose `euroeval` is a stand-in that records what its process received."""
+    package = folder / "fake-euroeval"
+    (package / "euroeval").mkdir(parents=True)
+    (package / "euroeval" / "__init__.py").write_text("")
+    (package / "euroeval" / "cli.py").write_text(FAKE_CLI)
+    (package / "euroeval" / "dataset_configs.py").write_text(FAKE_REGISTRY)
+    (package / f"euroeval-{version}.dist-info").mkdir()
+    (package / f"euroeval-{version}.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: euroeval\nVersion: {version}\n")
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={package} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_api_keys_reach_euroeval_only_through_its_environment_and_nowhere_else(tmp_path, tiny_models, prompts_file, monkeypatch, caplog, capfd):
+    key, pasted = "sk-croco-test-0123456789abcdef", "pasted-into-extra-args-42"
+    monkeypatch.setenv("CROCO_TEST_EUROEVAL_KEY", key)
+    monkeypatch.setenv("CROCO_CACHE", str(tmp_path / "cache"))  # EuroEval's work folder
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], languages=["da", "ga"], evaluate={"run_adapters": []},
+        euroeval={"enabled": True, "python": fake_euroeval(tmp_path), "datasets": {"da": ["fake-sentiment-da"]},
+                  "api_key_env": "CROCO_TEST_EUROEVAL_KEY", "extra_args": ["--api-key", pasted]},  # the second key in the wrong place
+    )
+    caplog.set_level("INFO")
+    result = run(cfg, stages=["euroeval"])
+    seen = json.loads(next((tmp_path / "cache" / "work").rglob("seen.json")).read_text())
+    assert seen["api_key"] == key and key not in seen["cmdline"] and pasted not in seen["cmdline"]  # `ps` shows neither
+    written = [path for path in Path(cfg.storage.root).rglob("*") if path.is_file()]
+    assert {"manifest.json", "euroeval.log", "report.md", f"{result['run_id']}.json"} <= {path.name for path in written}
+    printed = "".join(capfd.readouterr())
+    for secret in (key, pasted):
+        assert [path for path in written if secret.encode() in path.read_bytes()] == []
+        assert secret not in caplog.text and secret not in printed
+    log = (Path(result["versions"]["euroeval/da/policy"]) / "files" / euroeval.LOG_FILE).read_text()
+    assert "with API key ***" in log
+    # The language EuroEval has no datasets in is a counted skip, in the run record and the report.
+    record = Storage(cfg.storage.root).runs()[0]
+    assert record["skipped"] == {"euroeval/ga": "EuroEval has no datasets in Irish (ga)"}
+    assert "- euroeval/ga: skipped, EuroEval has no datasets in Irish (ga)" in Path(result["report"]).read_text()
+
+
+def test_the_key_holds_euroevals_version_not_where_its_interpreter_is(tmp_path, tiny_models, prompts_file):
+    def key(python: str) -> str:
+        cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], languages=["da"], evaluate={"run_adapters": []},
+                          euroeval={"enabled": True, "python": python, "datasets": {"da": ["fake-sentiment-da"]}})
+        return build_plan(cfg, ["euroeval"]).by_id["euroeval/da/policy"].key
+
+    here, moved, newer = (fake_euroeval(tmp_path / name, version) for name, version in (("a", "0.0.1"), ("b", "0.0.1"), ("c", "0.0.2")))
+    assert key(here) == key(moved) != key(newer)

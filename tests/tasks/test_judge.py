@@ -1,6 +1,7 @@
-"""The judge stage: battles in both orders, the reward judge, and resuming from the finished judgment shards."""
+"""The judge stage: battles in both orders, the reward judge, skips, and resuming from the finished judgment shards."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -9,12 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 import croco.judging
-from croco.records import JUDGMENT
+import croco.tasks.arena
+from croco.config import EngineConfig
+from croco.engines import load_scorer
+from croco.plan import build_plan
+from croco.records import ARENA_ANSWER, BATTLE_SKIPPED, JUDGMENT
+from croco.summaries import summary_line
 from croco.storage import Storage
-from croco.tasks.judge import JUDGMENTS_PER_SHARD
+from croco.arena_stats import summarize
+from croco.tasks.judge import JUDGMENTS_PER_SHARD, results, results_table
 
 from conftest import make_config, read, run, save_config, version, write_jsonl
 from test_arena import arena_question
@@ -42,26 +50,95 @@ def results_folder(cfg) -> Path:
     return Path(Storage(cfg.storage.root).root) / "runs" / cfg.name
 
 
-def test_reward_judge_scores_one_battle_per_question_and_writes_the_tables(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file):
+def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_judge_is_flagged(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, caplog):
+    # No judge.model: the reward judge is the training reward model (models.reward), asked for explicitly.
     cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, {"kind": "reward", "engine": {"batch_size": 8}})
+    caplog.set_level(logging.WARNING, logger="croco")
     result = run(cfg, stages=["judge"])
     assert {"judge/en", "judge/da"} <= set(result["versions"]) and not any(result["cached"].values())
     judgments = read(cfg, "judge", JUDGMENT).to_pylist()
     assert len(judgments) == 8 and {j["order"] for j in judgments} == {"none"}
-    assert all(j["outcome"] in {"win", "loss", "tie"} for j in judgments)
-    rewards = json.loads(judgments[0]["judgment"])
-    assert {"model_reward", "baseline_reward"} == set(rewards)
+    # Every answer scored on its own by the reward model: the stored rewards must be the model's and the baseline's
+    # own (not swapped), and the verdict must follow them (not inverted).
+    answers = {(a["model"], a["language"], a["question_id"]): a for a in read(cfg, "arena", ARENA_ANSWER).to_pylist()}
+    scorer = load_scorer(EngineConfig(device="cpu", batch_size=1), cfg.models.reward)
+    for j in judgments:
+        mine, theirs = (answers[(name, j["language"], j["question_id"])] for name in ("smollm", "policy"))
+        alone = scorer.score([[{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["output"]}] for a in (mine, theirs)], cfg.judge.max_len)
+        stored = json.loads(j["judgment"])
+        assert (stored["model_reward"], stored["baseline_reward"]) == pytest.approx((alone[0].reward, alone[1].reward), abs=1e-4)
+        assert stored["model_reward"] != stored["baseline_reward"]
+        assert j["outcome"] == ("win" if stored["model_reward"] > stored["baseline_reward"] else "loss")
     folder = results_folder(cfg)
     rows = json.loads((folder / "judge_results.json").read_text())
     overall = next(r for r in rows if (r["model"], r["language"], r["subcategory"]) == ("smollm", "all", "all"))
-    assert overall["judgments"] == 8 and overall["wins"] + overall["losses"] + overall["ties"] == 8
+    assert overall["judgments"] == 8 and overall["wins"] == sum(j["outcome"] == "win" for j in judgments) and overall["ties"] == 0
     assert overall["ci_low"] <= overall["win_rate"] <= overall["ci_high"]
     assert (folder / "win_rates.png").stat().st_size > 0
     assert "| smollm | en | all |" in (folder / "judge_results.md").read_text()
-    assert "## Arena win rates" in (folder / "report.md").read_text()
+    circular = "Warning: the judge is the reward model the training pairs were chosen with (models.reward)"
+    assert circular in (folder / "judge_results.md").read_text() and circular in (folder / "report.md").read_text()
+    assert any(r.levelno == logging.WARNING and circular in r.getMessage() for r in caplog.records)
     for language in ("en", "da"):
         manifest = version(cfg, f"judge/{language}").manifest()
         assert manifest["judged_now"] == 4 and manifest["records_out"] == 4 and manifest["models"] == ["smollm"]
+
+
+def test_an_answer_without_a_baseline_answer_is_a_counted_skip(tmp_path, tiny_models, prompts_file, arena_file, monkeypatch):
+    real_answer = croco.tasks.arena._answer
+
+    def baseline_misses_q1(generator, questions, name, *rest):
+        records = real_answer(generator, questions, name, *rest)
+        return [r for r in records if not (name == "policy" and r["question_id"] == "q1")]
+
+    monkeypatch.setattr(croco.tasks.arena, "_answer", baseline_misses_q1)
+    other = shutil.copytree(tiny_models["policy"], tmp_path / "other-model")
+    cfg = judge_config(tmp_path, tiny_models, other, prompts_file, arena_file, {"kind": "reward"}, name="other", arena_tokens=4, languages=["en"])
+    run(cfg, stages=["judge"])
+    out = version(cfg, "judge/en")
+    manifest = out.manifest()
+    assert (manifest["records_in"], manifest["records_out"], manifest["skipped"]) == (4, 3, {"no_baseline_answer": 1})
+    (skipped,) = out.read(BATTLE_SKIPPED, skipped=True).to_pylist()
+    assert (skipped["model"], skipped["question_id"], skipped["reason"]) == ("other", "q1", "no_baseline_answer")
+    assert "1 skipped (no_baseline_answer: 1)" in summary_line(build_plan(cfg).by_id["judge/en"], manifest)
+
+
+def test_results_table_names_the_unit_and_gives_no_length_controlled_rate_to_tiny_groups(tmp_path):
+    cfg = make_config(tmp_path, {"policy": "policy-model", "reward": "reward-model"}, [{"path": "prompts.jsonl"}])
+    judgments = [
+        {"model": "dpo", "baseline": "policy", "language": "da", "question_id": q, "subcategory": "coding", "order": "none",
+         "outcome": outcome, "unparseable": None, "model_length": 400, "baseline_length": 100}
+        for q, outcome in (("q1", "win"), ("q2", "tie"))
+    ]
+    table = results_table(summarize(judgments, rounds=10), cfg)
+    assert "is the question: its judgments in both orders and, in the `all` rows, in every language" in table[0]
+    row = next(line for line in table if line.startswith("| dpo | da | coding |"))
+    assert "| 75.0 | 25.0 |" in row and "| n/a (too few questions) | 1/0/1 |" in row
+
+
+class RecordingVersion:
+    """A judge version in memory that notes which columns are read."""
+
+    def __init__(self, records: list[dict]):
+        self.records, self.columns_read = records, []
+
+    def read(self, schema, columns=None, skipped=False):
+        self.columns_read.append(columns)
+        table = pa.Table.from_pylist(self.records, schema)
+        return table.select(columns) if columns else table
+
+
+def test_win_rate_tables_never_read_the_judges_texts(tmp_path):
+    cfg = make_config(tmp_path, {"policy": "policy-model", "reward": "reward-model"}, [{"path": "prompts.jsonl"}])
+    judged = RecordingVersion([
+        {"model": "dpo", "baseline": "policy", "language": "da", "question_id": f"q{i}", "subcategory": "coding", "order": "none",
+         "outcome": "win" if i % 2 else "loss", "unparseable": None, "judgment": "a long judge's reasoning " * 100,
+         "model_length": 100, "baseline_length": 90}
+        for i in range(6)
+    ])
+    found = results(cfg, [judged])
+    assert judged.columns_read and all(columns is not None and "judgment" not in columns for columns in judged.columns_read)
+    assert found["rows"][0]["judgments"] == 6 and found["rows"][0]["win_rate"] == 0.5
 
 
 class CountingGenerator:
@@ -72,9 +149,9 @@ class CountingGenerator:
     def __init__(self, inner):
         self.inner = inner
 
-    def generate(self, prompts, params, progress=None):
+    def generate(self, prompts, params, progress=None, seeds=None):
         CountingGenerator.calls += len(prompts)
-        return self.inner.generate(prompts, params, progress)
+        return self.inner.generate(prompts, params, progress, seeds)
 
 
 QUESTIONS = 60  # x 2 orders = 120 judgments: a full shard of 64 and one of 56

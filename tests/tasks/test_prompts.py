@@ -135,3 +135,20 @@ def test_a_selected_language_without_prompts_is_named(tmp_path, tiny_models):
     with pytest.raises(CrocoError, match=r"no prompts in language 'da' in .*p\.jsonl"):
         run(cfg, stages=["prompts"])
     assert version(cfg, "prompts/en").committed() and not version(cfg, "prompts/da").committed()
+
+
+def test_a_windows_saved_file_with_bom_and_crlf_reads_every_record(tmp_path, tiny_models):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(prompt_record(i, "en"), ensure_ascii=False).encode() + b"\r\n" for i in ("a", "b")))
+    manifests, records, _ = load(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])
+    assert [r["prompt_id"] for r in records] == ["a", "b"] and manifests["en"]["skipped"] == {}
+
+
+def test_a_file_that_is_not_utf8_names_file_line_and_byte(tmp_path, tiny_models):
+    path = tmp_path / "p.jsonl"
+    first = json.dumps(prompt_record("a", "en")).encode() + b"\n"
+    second = json.dumps(prompt_record("b", "en", "Sig h\u00e6j"), ensure_ascii=False).encode("latin-1") + b"\n"  # as a Latin-1 editor saves it
+    path.write_bytes(first + second)
+    byte = len(first) + second.index(b"\xe6")
+    with pytest.raises(CrocoError, match=rf"^{path} line 2 is not UTF-8 \(byte offset {byte}\); save the file as UTF-8$"):
+        load(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])

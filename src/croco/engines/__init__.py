@@ -29,9 +29,11 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: str  # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
+    # "stop", "length" (hit max_new_tokens), or what a server reports (e.g. "content_filter", "abort");
+    # "unknown" when it reports none.
+    finish_reason: str
+    prompt_tokens: int | None  # None where the engine does not know the count for this sample
+    completion_tokens: int | None
     reasoning: str = ""  # a reasoning trace the server returned apart from the answer (e.g. vLLM's reasoning_content)
 
 
@@ -43,8 +45,11 @@ class Score:
 
 
 class Generator(Protocol):
-    def generate(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None) -> list[list[Completion]]:
-        """`params.num_samples` completions for each prompt, in prompt order; reproducible for a fixed seed."""
+    def generate(
+        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """`params.num_samples` completions for each prompt, in prompt order; reproducible for a fixed seed. `seeds`,
+        one per prompt, tie each prompt's samples to the prompt rather than to its place among `prompts`."""
         ...
 
 

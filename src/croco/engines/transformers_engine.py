@@ -10,11 +10,12 @@ import math
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM
 
 from croco.config import EngineConfig, ModelConfig
 from croco.engines import Completion, Messages, Progress, SamplingParams, Score
-from croco.models import encode_chat, load_model, load_tokenizer, pick_device
+from croco.fileio import stable_hash
+from croco.models import encode_chat, load_model, load_reward_model, load_tokenizer, pick_device
 
 
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -40,7 +41,9 @@ class TransformersGenerator:
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         encoded = [encode_chat(self.tokenizer, messages, True, self.template_kwargs) for messages in prompts]
         # One row per (prompt, sample): rows of one prompt sit together, so batches share prompt lengths.
         rows = [(p, s) for p in range(len(prompts)) for s in range(params.num_samples)]
@@ -48,6 +51,10 @@ class TransformersGenerator:
         torch.manual_seed(params.seed)
         for batch in _length_sorted_batches([len(encoded[p]) for p, _ in rows], self.batch_size):
             batch_rows = [rows[i] for i in batch]
+            if seeds is not None:
+                # A batch samples from one random stream: seeded by its own rows, a sample depends on the prompts
+                # it is batched with, never on where the batch falls (with batch_size 1, on its prompt alone).
+                torch.manual_seed(int(stable_hash([[seeds[p], s] for p, s in batch_rows]), 16) % 2**31)
             inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(self.device)
             output = self.model.generate(
                 **inputs, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling_arguments(params)
@@ -75,7 +82,7 @@ class TransformersScorer:
         self.device = pick_device(engine.device)
         self.batch_size = engine.batch_size
         self.tokenizer = load_tokenizer(model, padding_side="left")
-        self.model = load_model(model, AutoModelForSequenceClassification, self.device)
+        self.model = load_reward_model(model, self.device)
         self.template_kwargs = model.chat_template_kwargs
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model {model.path} has {self.model.config.num_labels} labels; croco needs a one-logit classifier")
@@ -97,7 +104,7 @@ class TransformersScorer:
         for batch in _length_sorted_batches([len(encoded[i]) for i in fitting], self.batch_size):
             indices = [fitting[b] for b in batch]
             inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(self.device)
-            logits = self.model(**inputs).logits[:, 0].float().tolist()
+            logits = self.model(**inputs).logits[:, 0].tolist()
             for i, logit in zip(indices, logits):
                 finite = math.isfinite(logit)
                 results[i] = Score(reward=logit if finite else None, num_tokens=len(encoded[i]), skip_reason=None if finite else "non_finite_reward")
