@@ -118,7 +118,7 @@ def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     return {
         "language": language,
         "datasets": dataset_table(cfg)[language],
-        "identity": identity(cfg, model, EngineConfig()),  # with the name: two names for one model are two versions
+        "identity": identity(cfg, model, EngineConfig(device=cfg.euroeval.device)),  # with the name: two names for one model are two versions
         # The installed EuroEval's version shapes the scores; the interpreter's path does not.
         "euroeval": {**cfg.euroeval.model_dump(include={"few_shot", "iterations", "split", "extra_args"}), "version": installed_version(cfg.euroeval.python)},
     }

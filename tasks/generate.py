@@ -42,7 +42,7 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     return {
         "language": language,
         "policy": model_identity(cfg.models.policy),
-        "engine": engine_identity(cfg.generate.engine),
+        "engine": engine_identity(cfg.generate.engine, cfg.models.policy),
         "generate": cfg.generate.model_dump(exclude={"engine"}),
         "seed": cfg.seed,
     }

@@ -54,7 +54,7 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     sources = sources_for(cfg, language)
     return {
         "language": language,
-        "sources": [source.model_dump() for source in sources],
+        "sources": [source.model_dump(exclude={"path"}) for source in sources],  # each one's path or id is in its fingerprint
         "data": cfg.data.model_dump(exclude={"sources"}),
         "seed": cfg.seed,
         "inputs": [fingerprint(source, language, cfg.data.language_field) for source in sources],

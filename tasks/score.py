@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.engines import load_scorer
+from croco.engines import engine_identity, load_scorer
 from croco.models import model_identity
 from croco.plan import Unit
 from croco.records import SAMPLE, SCORE, SKIPPED
@@ -36,7 +36,8 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
-    return {"language": language, "reward": model_identity(cfg.models.reward), "score": cfg.score.model_dump(exclude={"engine"})}
+    engine = engine_identity(cfg.score.engine, cfg.models.reward)
+    return {"language": language, "reward": model_identity(cfg.models.reward), "engine": engine, "score": cfg.score.model_dump(exclude={"engine"})}
 
 
 @stage_task

@@ -84,7 +84,7 @@ def test_keys_do_not_depend_on_where_croco_is_installed():
     from croco.sources import fingerprint
 
     found = fingerprint(DataSource(path="embedded:demo-prompts"), "da", "language")
-    assert found["file"] == "embedded:demo-prompts" and "site-packages" not in str(found) and "/src/croco/" not in str(found)
+    assert found["location"] == "embedded:demo-prompts" and "site-packages" not in str(found) and "/src/croco/" not in str(found)
 
 
 def test_a_url_password_is_in_no_key_and_no_manifest_setting(tmp_path, tiny_models, prompts_file):
@@ -96,3 +96,59 @@ def test_a_url_password_is_in_no_key_and_no_manifest_setting(tmp_path, tiny_mode
     assert {u.id: u.key for u in one.units} == {u.id: u.key for u in rotated.units}
     shown = json.dumps([u.settings for u in one.units])  # what each manifest records
     assert "first-secret" not in shown and "https://***@data.example.org/prompts" in shown
+
+
+def test_hub_dataset_names_that_differ_only_in_a_token_like_part_have_their_own_keys(tmp_path, tiny_models):
+    def plan_of(name: str):
+        return build_plan(make_config(tmp_path, tiny_models, [{"path": name, "language": "en"}], languages=["en"]), ["prompts"])
+
+    one, two = plan_of("acme/sk-multilingual-prompts-v1"), plan_of("acme/sk-multilingual-prompts-v2")
+    assert one.by_id["prompts/en"].key != two.by_id["prompts/en"].key  # both mask to acme/***: hashed unmasked
+    assert "sk-multilingual" not in json.dumps(one.by_id["prompts/en"].settings)  # what the manifest stores stays masked
+
+
+def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_stands_for(tmp_path, tiny_models, monkeypatch):
+    from huggingface_hub import constants
+
+    from croco.sources import hub_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # offline (conftest): the cache's refs answer
+    ref = tmp_path / "hub" / "datasets--acme--prompts" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+
+    def unit_at(commit: str):
+        ref.write_text(commit)
+        hub_commit.cache_clear()
+        return build_plan(make_config(tmp_path, tiny_models, [{"path": "acme/prompts", "language": "en"}], languages=["en"]), ["prompts"]).by_id["prompts/en"]
+
+    first, updated = unit_at("a" * 40), unit_at("b" * 40)
+    assert first.key != updated.key and first.settings["inputs"][0]["commit"] == "a" * 40
+    hub_commit.cache_clear()
+
+
+def test_the_same_model_and_data_moved_elsewhere_keep_their_keys(tmp_path, tiny_models, prompts_file):
+    import shutil
+
+    def plan_at(folder):
+        policy = shutil.copytree(tiny_models["policy"], folder / "policy")
+        data = shutil.copy(prompts_file, folder / "prompts.jsonl")
+        return build_plan(make_config(tmp_path, {**tiny_models, "policy": str(policy)}, [{"path": str(data)}]))
+
+    here, there = plan_at(tmp_path / "here"), plan_at(tmp_path / "there")
+    assert {u.id: u.key for u in here.units} == {u.id: u.key for u in there.units}
+    shown = here.by_id["generate/en"].settings["policy"]  # the manifest still says where the weights were
+    assert shown["location"]["path"] == str(tmp_path / "here" / "policy") and "weights_sha256" in shown
+    assert here.by_id["prompts/en"].settings["inputs"][0]["location"] == str(tmp_path / "here" / "prompts.jsonl")
+
+
+def test_the_device_class_and_resolved_dtype_are_in_the_keys_of_what_a_model_makes(tmp_path, tiny_models, prompts_file):
+    from croco.config import ModelConfig
+    from croco.models import precision
+
+    auto = ModelConfig(path=tiny_models["policy"])
+    assert precision(auto, "cpu") == {"device": "cpu", "dtype": "float32"}
+    assert precision(auto, "cuda:1") == {"device": "cuda", "dtype": "bfloat16"}
+    assert precision(auto.model_copy(update={"dtype": "float32"}), "cuda") == {"device": "cuda", "dtype": "float32"}
+    on = {device: keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": {"device": device}},
+                                   score={"engine": {"device": device}})) for device in ("cpu", "cuda")}
+    assert {u for u in on["cpu"] if on["cpu"][u] != on["cuda"][u]} == {u for u in on["cpu"] if not u.startswith("prompts/")}

@@ -33,7 +33,7 @@ from croco.config import CrocoConfig
 from croco.embedded import cache_dir
 from croco.errors import CrocoError
 from croco.fileio import stable_hash
-from croco.plan import Unit
+from croco.plan import Unit, library_versions
 from croco.storage import Storage, Version, storage_of
 
 log = logging.getLogger("croco")
@@ -164,6 +164,7 @@ def stage_task(work: Work):
                 "model": unit.model,
                 "key": unit.key,
                 "settings": unit.settings,
+                "libraries": library_versions(),  # in no key: see plan.library_versions
                 "lineage": {unit_id: {"version": v.relative, "uri": v.uri, "digest": v.manifest()["digest"]} for unit_id, v in inputs.items()},
                 "wall_s": round(time.perf_counter() - started, 2),
                 **report,

@@ -105,7 +105,8 @@ def adapter_input(name: str) -> list[str]:
 def identity(cfg: CrocoConfig, name: str, engine: EngineConfig) -> dict[str, Any]:
     """What makes a model's answers what they are, and the name they are stored under; a run adapter's
     training key comes in through the unit's inputs."""
-    found = {"name": name, "model": model_identity(_configured(cfg, name)), "engine": engine_identity(engine)}
+    model = _configured(cfg, name)
+    found = {"name": name, "model": model_identity(model), "engine": engine_identity(engine, model)}
     return found | ({"adapter_of": name} if name in RUN_ADAPTERS else {})
 
 

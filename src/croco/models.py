@@ -17,6 +17,7 @@ from croco.config import ModelConfig
 from croco.embedded import is_embedded, resolve_model
 from croco.fileio import folder_sha256
 from croco.errors import CrocoError
+from croco.sources import hub_commit
 
 
 def pick_device(name: str) -> torch.device:
@@ -99,20 +100,31 @@ def _chat_template_sha256(path: str, revision: str | None, trust_remote_code: bo
 
 
 def model_identity(model: ModelConfig) -> dict[str, Any]:
-    """What identifies a model's behaviour in a stage key: its id, revision, chat template, and the content
-    of local weight and adapter folders (retraining into the same folder must not be a cache hit)."""
-    found = {
-        "path": model.path,
-        "revision": model.revision,
-        "adapter": model.adapter,
+    """What identifies a model's behaviour in a stage key: a hub model's id and the commit its revision stands
+    for, or the content of a local weight folder (retraining into the same folder must not be a cache hit);
+    its chat template, dtype and the content of its adapter. Local folders are named under `location`, which
+    the manifest shows and the key leaves out: the same weights copied elsewhere keep their key."""
+    found: dict[str, Any] = {
         "dtype": model.dtype,
         "chat_template_sha256": _chat_template_sha256(model.path, model.revision, model.trust_remote_code),
     }
     if model.chat_template_kwargs:
         found["chat_template_kwargs"] = model.chat_template_kwargs
     local = Path(resolve_model(model.path))
-    if not is_embedded(model.path) and local.is_dir():  # embedded models are named by croco's version
-        found["weights_sha256"] = folder_sha256(local)
+    if is_embedded(model.path):  # embedded models are named by croco's version
+        found["path"] = model.path
+    elif local.is_dir():
+        found |= {"weights_sha256": folder_sha256(local), "location": {"path": model.path}}
+    else:
+        found |= {"path": model.path, "revision": model.revision, "commit": hub_commit(model.path, model.revision, "model")}
     if model.adapter:
         found["adapter_sha256"] = folder_sha256(Path(model.adapter))
+        found.setdefault("location", {})["adapter"] = model.adapter
     return found
+
+
+def precision(model: ModelConfig, device: str) -> dict[str, str]:
+    """The device class and weight dtype a model runs in, `auto` resolved on this machine: float32 on a CPU and
+    bfloat16 on a GPU give other outputs, so both belong in the key of what the model makes there."""
+    where = pick_device(device)
+    return {"device": where.type, "dtype": str(pick_dtype(model.dtype, where)).removeprefix("torch.")}

@@ -5,19 +5,26 @@ language), or, for the evaluation stages, one evaluated model in one language. I
 what shapes its output and nothing else: the stage's settings for that language, the stage's
 code version, and the keys of the versions it reads. Execution settings (batch sizes,
 concurrency, timeouts, retries) are not in it, so changing them never redoes finished work,
-and a language's key does not depend on which other languages are in the run.
+and a language's key does not depend on which other languages are in the run. Where a setting
+names a place whose content is hashed beside it (a local model or dataset folder), the place is
+under a `location` key: the manifest shows it, the key holds only the content's hash, so the
+same data moved elsewhere keeps its finished work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 from typing import Any, Iterable
 
 from croco.config import CrocoConfig
 from croco.fileio import stable_hash
-from croco.redaction import redact_value
+from croco.redaction import URL_CREDENTIALS, redact_value
 from croco.storage import Storage
+
+LOCATION = "location"  # a settings key naming where hashed content lies: shown in the manifest, left out of the key
+LIBRARIES = ("croco", "torch", "transformers", "trl", "peft", "datasets", "vllm", "huggingface_hub")
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,11 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
             missing = [i for i in read if i not in units]
             if missing:
                 raise ValueError(f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?")
-            # Masked: a key or URL password pasted into the config is kept out of the key and the manifest.
-            settings = redact_value(module.settings(cfg, language, model))
-            key = stable_hash({"stage": module.NAME, "code": module.CODE_VERSION, "settings": settings, "inputs": [units[i].key for i in read]})
-            unit = Unit(module.NAME, language, key, model, tuple((i, units[i].version_path) for i in read), settings)
+            settings = module.settings(cfg, language, model)
+            # The real values are hashed (a digest reveals nothing; masked, two dataset names differing only in a
+            # token-like part would share a key); the manifest stores them masked.
+            key = stable_hash({"stage": module.NAME, "code": module.CODE_VERSION, "settings": hashed(settings), "inputs": [units[i].key for i in read]})
+            unit = Unit(module.NAME, language, key, model, tuple((i, units[i].version_path) for i in read), redact_value(settings))
             units[unit.id] = unit
     wanted = set(targets) if targets is not None else set(modules)
     needed: set[str] = set()
@@ -92,6 +100,28 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
             todo.extend(unit_id for unit_id, _ in units[current].inputs)
     stages = wanted | {units[unit_id].stage for unit_id in needed}
     return Plan([u for u in units.values() if u.id in needed], {unit_id: why for unit_id, why in skipped.items() if unit_id.split("/")[0] in stages})
+
+
+def hashed(settings: Any) -> Any:
+    """What of the settings goes into a key: not their `location` entries, and not the user:password of a URL
+    (who reads the data, not what it holds: a rotated password keeps the key)."""
+    if isinstance(settings, dict):
+        return {key: hashed(value) for key, value in settings.items() if key != LOCATION}
+    if isinstance(settings, (list, tuple)):
+        return [hashed(value) for value in settings]
+    return URL_CREDENTIALS.sub("", settings) if isinstance(settings, str) else settings
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed versions of the libraries that shape outputs, for every manifest (None: not installed). Not in
+    the key: an upgrade would redo everyone's finished work; to redo it after an upgrade, run on a new storage root."""
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:

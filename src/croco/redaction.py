@@ -20,8 +20,9 @@ _remembered: set[str] = set()
 
 # A flag whose value is a credential (`--api-key`, `--hf-token`, `-password`), as one item of a command line.
 _SECRET_FLAG = re.compile(r"--?[\w-]*(?:key|token|secret|password)", re.IGNORECASE)
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+(?::[^/\s@]*)?@")  # user:password@host
 _PATTERNS = [
-    (re.compile(r"(?<=://)[^/\s:@]+(?::[^/\s@]*)?@"), MASK + "@"),  # user:password@host
+    (URL_CREDENTIALS, MASK + "@"),
     (re.compile(r"(?i)\b(bearer\s+)[^\s'\",]+"), r"\1" + MASK),
     (re.compile(r"\b(?:sk|hf|ghp|gho|github_pat|xox[abp])[-_][A-Za-z0-9_-]{16,}"), MASK),  # OpenAI/Anthropic, Hugging Face, GitHub, Slack
     (re.compile(r"(?i)((?<![\w-])--?[\w-]*(?:key|token|secret|password)['\"]?(?:\s*[=:,]\s*|\s+)['\"]?)(?!\*\*\*)[^\s'\",&]+"), r"\1" + MASK),

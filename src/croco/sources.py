@@ -5,8 +5,10 @@ Shared by the prompts stage and the arena stage; each checks the records' schema
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,6 +16,8 @@ from croco.config import DataSource
 from croco.embedded import resolve_data
 from croco.errors import CrocoError
 from croco.fileio import file_sha256, folder_sha256, read_text, text_lines
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -72,20 +76,46 @@ def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]
 def fingerprint(source: DataSource, language: str, language_field: str) -> dict[str, Any]:
     """What of a source can change one language's prompts: for a file holding several languages, the
     records of that language and those no language can be read from (they stop or are rejected in every
-    language), so adding another language's rows leaves this language's key as it is. A file is named as the
-    config names it, not by where this checkout keeps it (embedded data lives inside each installation)."""
+    language), so adding another language's rows leaves this language's key as it is. A local file or folder
+    is keyed by its content; where it lies is its `location` (in the manifest, not the key), so the same data
+    moved or staged elsewhere keeps its key. A hub dataset is keyed by the commit its revision stands for."""
     local = local_path(source)
     if local is not None and source.language is not None:
-        return {"file": source.path, "sha256": file_sha256(local)}
+        return {"location": source.path, "sha256": file_sha256(local)}
     if local is not None:
         digest = hashlib.sha256()
         for _, raw in read_source(source):
             tagged = raw.get(language_field) if isinstance(raw, dict) else None
             if tagged == language or not isinstance(tagged, str):
                 digest.update(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode() + b"\n")
-        return {"file": source.path, "records_sha256": digest.hexdigest()}
+        return {"location": source.path, "records_sha256": digest.hexdigest()}
     folder = Path(source.path)
     if folder.is_dir():
-        return {"folder": str(folder.resolve()), "sha256": folder_sha256(folder), "split": source.split, "name": source.name}
-    return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision}
+        return {"location": source.path, "sha256": folder_sha256(folder), "split": source.split, "name": source.name}
+    commit = hub_commit(source.path, source.revision, "dataset")
+    return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision, "commit": commit}
 
+
+@functools.lru_cache(maxsize=None)
+def hub_commit(repo_id: str, revision: str | None, repo_type: str) -> str | None:
+    """The commit a hub repository's revision (None: its default branch) stands for now: asked of the hub, or
+    offline (HF_HUB_OFFLINE) or when the hub does not answer, read from the local cache's refs; None when
+    neither knows (the key then holds the revision as given). Asked once per process."""
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None  # not a hub id (a URL, a folder that is not there): nothing to resolve
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+        except Exception:  # no network, no such repository, no access: the cache may still know
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else None

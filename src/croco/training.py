@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
-from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device
+from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device, precision
 from croco.records import DPO, SFT
 from croco.redaction import redact_value
 from croco.storage import Version
@@ -47,7 +47,9 @@ def base_model(cfg: CrocoConfig) -> ModelConfig:
 def provenance(cfg: CrocoConfig) -> dict[str, Any]:
     """Recorded in the manifest, so a report can tell the paper's variants apart."""
     base = base_model(cfg)
-    return {"base": model_identity(base), "off_policy": base.path != cfg.models.policy.path or base.adapter != cfg.models.policy.adapter}
+    off_policy = base.path != cfg.models.policy.path or base.adapter != cfg.models.policy.adapter
+    # Training runs on the GPU when there is one, in bfloat16 mixed precision there only: the adapter differs.
+    return {"base": model_identity(base), "precision": precision(base, "auto"), "off_policy": off_policy}
 
 
 def examples(pairs: Version, product: str) -> datasets.Dataset:

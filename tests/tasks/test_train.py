@@ -63,7 +63,7 @@ def test_tuning_another_model_is_flagged_off_policy(tmp_path, tiny_models, promp
     cfg = parse_config(raw)
     run(cfg)
     settings = version(cfg, "dpo/all").manifest()["settings"]
-    assert settings["off_policy"] is True and settings["base"]["path"] == str(other)
+    assert settings["off_policy"] is True and settings["base"]["location"]["path"] == str(other)
 
 
 def test_a_crashed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_models, prompts, monkeypatch):
@@ -115,7 +115,7 @@ def test_online_dpo_samples_while_training_and_asks_the_reward_model(tmp_path, t
                       generate={"max_new_tokens": 6})
     run(cfg)
     manifest = version(cfg, "dpo/all").manifest()
-    assert manifest["settings"]["dpo"]["online"] is True and manifest["settings"]["reward"]["path"] == tiny_models["reward"]
+    assert manifest["settings"]["dpo"]["online"] is True and manifest["settings"]["reward"]["location"]["path"] == tiny_models["reward"]
     assert manifest["steps"] >= 1 and math.isfinite(manifest["final_loss"])
     history = [json.loads(line) for line in (files(cfg, "dpo/all") / "metrics.jsonl").read_text().splitlines()]
     assert any("objective/scores" in entry for entry in history)  # rewards came from the reward model

@@ -59,9 +59,14 @@ class RewardScorer(Protocol):
         ...
 
 
-def engine_identity(engine: EngineConfig) -> dict[str, str | None]:
-    """What of an engine shapes its output (its kind and the served model), not where or how fast it runs."""
-    return {"name": engine.name, "served_model": engine.served_model} if engine.name == "openai" else {"name": engine.name}
+def engine_identity(engine: EngineConfig, model: ModelConfig) -> dict[str, str | None]:
+    """What of an engine running `model` shapes its output, not where or how fast it runs: its kind and the served
+    model on a server; in this process, the device class and dtype (float32 on a CPU, bfloat16 on a GPU)."""
+    if engine.name == "openai":
+        return {"name": engine.name, "served_model": engine.served_model}
+    from croco.models import precision  # here: croco.models loads torch
+
+    return {"name": engine.name, **precision(model, engine.device)}
 
 
 def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
