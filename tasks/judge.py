@@ -1,4 +1,7 @@
-"""Stage 7: judge every evaluated model's arena answers in one language against the baseline's.
+"""Stage 7: judge one evaluated model's arena answers in one language against the baseline's.
+
+A unit is one model in one language, like the arena's, so adding a model to `evaluate.models`
+judges only that model's answers.
 
 By default each pair is judged in both orders (arena-hard-auto, MT-Bench) and the results say
 how often the two orders disagree; `judge.orders: coin` is the paper's protocol, one order per
@@ -23,7 +26,6 @@ from tqdm.auto import tqdm
 from croco.arena_stats import LC_FOLDS, summarize
 from croco.caching import stage_task
 from croco.config import CrocoConfig
-from croco.contestants import contestant_names
 from croco.fileio import stable_hash
 from croco.judging import Battle, Verdict, judges_with_training_reward, make_judge
 from croco.plan import Unit
@@ -33,7 +35,7 @@ from croco.storage import Version
 log = logging.getLogger("croco")
 
 NAME = "judge"
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: one version per evaluated model and language
 JUDGMENTS_PER_SHARD = 64  # fixed, so a resumed run cuts its work exactly as the killed one did
 UNMATCHED_SHARD = "unmatched"  # no judgments, only the skipped records of answers without a baseline answer
 CIRCULAR_WARNING = (
@@ -48,19 +50,19 @@ def enabled(cfg: CrocoConfig) -> bool:
     return cfg.arena.enabled and cfg.judge.enabled
 
 
-def units(cfg: CrocoConfig) -> list[tuple[str, None]]:
+def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
     from croco.tasks import arena
 
-    return [(code, None) for code in dict.fromkeys(code for code, _ in arena.units(cfg))]
+    return [(code, name) for code, name in arena.units(cfg) if name != cfg.evaluate.baseline]
 
 
-def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
-    return [f"arena/{language}/{name}" for name in contestant_names(cfg)]
+def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
+    return [f"arena/{language}/{model}", f"arena/{language}/{cfg.evaluate.baseline}"]
 
 
-def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
+def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     verdicts = {key: getattr(cfg.judge, key) for key in VERDICT_SETTINGS}
-    return {"language": language, "judge": make_judge(cfg).identity(), "settings": verdicts, "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
+    return {"language": language, "model": model, "judge": make_judge(cfg).identity(), "settings": verdicts, "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
 
 
 def battles(cfg: CrocoConfig, answers: list[dict]) -> tuple[list[tuple[dict, Battle]], list[dict]]:
@@ -104,7 +106,7 @@ def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
         out.write_shard(UNMATCHED_SHARD, [], JUDGMENT, unmatched, BATTLE_SKIPPED)
     missing = [name for name in shards if name not in finished]
     judge_ = make_judge(cfg)
-    with tqdm(total=sum(len(shards[n]) for n in missing), unit="judgment", desc=f"judge {unit.language}", dynamic_ncols=True) as bar:
+    with tqdm(total=sum(len(shards[n]) for n in missing), unit="judgment", desc=f"judge {unit.language} {unit.model}", dynamic_ncols=True) as bar:
         for name in missing:
             verdicts = judge_.judge([battle for _, battle in shards[name]], bar.update)
             out.write_shard(name, [_record(fields, verdict) for (fields, _), verdict in zip(shards[name], verdicts)], JUDGMENT)
@@ -115,7 +117,7 @@ def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
         "records_out": len(records),
         "skipped": dict(skipped + Counter(r["unparseable"] for r in records if r["unparseable"])),
         "judged_now": sum(len(shards[n]) for n in missing),
-        "models": [m for m in contestant_names(cfg) if m != cfg.evaluate.baseline],
+        "models": [unit.model],
     }
 
 

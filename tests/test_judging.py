@@ -48,3 +48,25 @@ def test_a_battle_is_judged_with_the_same_seed_wherever_it_falls():
         seeds.setdefault(request["messages"][-1]["content"], set()).add(request["seed"])
     assert [len(found) for found in seeds.values()] == [1, 1, 1, 1]  # each battle had one seed, wherever it stood
     assert len(set.union(*seeds.values())) == 4  # and no two battles shared one
+
+
+def test_a_local_judge_retrained_in_place_gets_a_new_identity(tiny_models, tmp_path):
+    import shutil
+
+    from croco.judging import RewardJudge
+
+    judge = shutil.copytree(tiny_models["policy"], tmp_path / "judge")
+    reward = shutil.copytree(tiny_models["reward"], tmp_path / "reward-judge")
+    raw = {"languages": ["en"], "models": {"policy": {"path": tiny_models["policy"]}, "reward": {"path": tiny_models["reward"]}},
+           "data": {"sources": [{"path": "prompts.jsonl"}]}}
+
+    def identities() -> tuple[dict, dict]:
+        llm = parse_config({**raw, "judge": {"kind": "llm", "model": {"path": str(judge)}}})
+        by_reward = parse_config({**raw, "judge": {"kind": "reward", "model": {"path": str(reward)}}})
+        return LLMJudge(llm).identity(), RewardJudge(by_reward).identity()
+
+    before = identities()
+    for folder in (judge, reward):  # retrained into the same folders: other weights, same config
+        (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-8] + b"retrain!")
+    after = identities()
+    assert before[0] != after[0] and before[1] != after[1]

@@ -65,7 +65,8 @@ def test_a_disabled_stage_has_no_units_and_evaluation_reads_the_adapters(tmp_pat
     judged = {"arena": {"prompts": {"path": "embedded:demo-arena"}}, "judge": {"kind": "reward"}}
     arena = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], **judged))
     assert dict(arena.by_id["arena/da/dpo"].inputs) == {"dpo/all": arena.by_id["dpo/all"].version_path}
-    assert [u.id for u in arena.of("judge")] == ["judge/en", "judge/da"]
+    assert [u.id for u in arena.of("judge")] == ["judge/en/sft", "judge/en/dpo", "judge/da/sft", "judge/da/dpo"]  # not the baseline
+    assert dict(arena.by_id["judge/da/dpo"].inputs) == {name: arena.by_id[name].version_path for name in ("arena/da/dpo", "arena/da/policy")}
 
 
 def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file):

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from croco.config import CrocoConfig, ModelConfig
-from croco.engines import SamplingParams, load_generator, load_scorer
+from croco.engines import SamplingParams, engine_identity, load_generator, load_scorer
 from croco.fileio import stable_hash
+from croco.models import model_identity
 
 SYSTEM_PROMPT = "You are a careful, impartial judge of answers written by AI assistants."
 JUDGE_PROMPT = """Compare two answers to the user's request below. The request and the answers may be in any language; judge them in the language of the request. Weigh helpfulness, correctness, depth and clarity, and whether the answer is written in the language of the request. Do not let the length of the answers or the order they are shown in sway you.
@@ -86,8 +87,11 @@ class LLMJudge:
     def identity(self) -> dict[str, Any]:
         template = hashlib.sha256((SYSTEM_PROMPT + JUDGE_PROMPT + TIE_OPTION).encode()).hexdigest()[:16]
         model: ModelConfig = self.settings.model  # type: ignore[assignment]
+        engine = self.settings.engine
+        # On a server the weights are the server's (a hosted judge has no files here): the served name names them.
+        found = model_identity(model) if engine.name == "transformers" else model.model_dump()
         sampling = [self.settings.temperature, self.settings.max_new_tokens, self.settings.allow_ties, self.seed]
-        return {"kind": "llm", "model": model.model_dump(), "served_model": self.settings.engine.served_model, "template": template, "sampling": sampling}
+        return {"kind": "llm", "model": found, "engine": engine_identity(engine, model), "template": template, "sampling": sampling}
 
     def judge(self, battles: list[Battle], progress: Callable[[int], None]) -> list[Verdict]:
         if self._generator is None:
@@ -116,7 +120,7 @@ class RewardJudge:
         self._scorer = None
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "reward", "model": self.model.model_dump(), "max_len": self.max_len}
+        return {"kind": "reward", "model": model_identity(self.model), "engine": engine_identity(self.engine, self.model), "max_len": self.max_len}
 
     def judge(self, battles: list[Battle], progress: Callable[[int], None]) -> list[Verdict]:
         if self._scorer is None:

@@ -74,7 +74,7 @@ def test_arena_and_llm_judge_through_the_server_keep_the_key_out_of_every_file(o
         judge={"kind": "llm", "model": {"path": str(smollm_dir)}, "engine": engine, "max_new_tokens": 24, "allow_ties": True},
     )
     result = run(cfg, stages=["judge"])
-    assert set(result["versions"]) == {"arena/en/policy", "arena/en/again", "judge/en"}
+    assert set(result["versions"]) == {"arena/en/policy", "arena/en/again", "judge/en/again"}
     # The key is in no file: the versions, the cache records, the run records, the report and the saved config.
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any(path.name == "manifest.json" for path in written) and any("_prefect" in path.parts for path in written)

@@ -15,7 +15,7 @@ import pytest
 
 import croco.judging
 import croco.tasks.arena
-from croco.config import EngineConfig
+from croco.config import EngineConfig, ModelConfig
 from croco.engines import load_scorer
 from croco.plan import build_plan
 from croco.records import ARENA_ANSWER, BATTLE_SKIPPED, JUDGMENT
@@ -55,7 +55,7 @@ def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_jud
     cfg = judge_config(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, {"kind": "reward", "engine": {"batch_size": 8}})
     caplog.set_level(logging.WARNING, logger="croco")
     result = run(cfg, stages=["judge"])
-    assert {"judge/en", "judge/da"} <= set(result["versions"]) and not any(result["cached"].values())
+    assert {"judge/en/smollm", "judge/da/smollm"} <= set(result["versions"]) and not any(result["cached"].values())
     judgments = read(cfg, "judge", JUDGMENT).to_pylist()
     assert len(judgments) == 8 and {j["order"] for j in judgments} == {"none"}
     # Every answer scored on its own by the reward model: the stored rewards must be the model's and the baseline's
@@ -80,7 +80,7 @@ def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_jud
     assert circular in (folder / "judge_results.md").read_text() and circular in (folder / "report.md").read_text()
     assert any(r.levelno == logging.WARNING and circular in r.getMessage() for r in caplog.records)
     for language in ("en", "da"):
-        manifest = version(cfg, f"judge/{language}").manifest()
+        manifest = version(cfg, f"judge/{language}/smollm").manifest()
         assert manifest["judged_now"] == 4 and manifest["records_out"] == 4 and manifest["models"] == ["smollm"]
 
 
@@ -95,12 +95,12 @@ def test_an_answer_without_a_baseline_answer_is_a_counted_skip(tmp_path, tiny_mo
     other = shutil.copytree(tiny_models["policy"], tmp_path / "other-model")
     cfg = judge_config(tmp_path, tiny_models, other, prompts_file, arena_file, {"kind": "reward"}, name="other", arena_tokens=4, languages=["en"])
     run(cfg, stages=["judge"])
-    out = version(cfg, "judge/en")
+    out = version(cfg, "judge/en/other")
     manifest = out.manifest()
     assert (manifest["records_in"], manifest["records_out"], manifest["skipped"]) == (4, 3, {"no_baseline_answer": 1})
     (skipped,) = out.read(BATTLE_SKIPPED, skipped=True).to_pylist()
     assert (skipped["model"], skipped["question_id"], skipped["reason"]) == ("other", "q1", "no_baseline_answer")
-    assert "1 skipped (no_baseline_answer: 1)" in summary_line(build_plan(cfg).by_id["judge/en"], manifest)
+    assert "1 skipped (no_baseline_answer: 1)" in summary_line(build_plan(cfg).by_id["judge/en/other"], manifest)
 
 
 def test_results_table_names_the_unit_and_gives_no_length_controlled_rate_to_tiny_groups(tmp_path):
@@ -169,7 +169,7 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prom
     run(cfg, stages=["arena"])
     total = 2 * QUESTIONS
     assert JUDGMENTS_PER_SHARD < total < 2 * JUDGMENTS_PER_SHARD
-    out = version(cfg, "judge/en")
+    out = version(cfg, "judge/en/other")
     first_shard = Path(out.path) / "index" / "part-00000.json"
 
     config_file = save_config(cfg, tmp_path / "judge.yaml")
@@ -192,7 +192,7 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prom
     monkeypatch.setattr(croco.judging, "load_generator", lambda engine, model: CountingGenerator(real_load(engine, model)))
     CountingGenerator.calls = 0
     result = run(cfg, stages=["judge"])
-    assert result["cached"]["judge/en"] is False and result["cached"]["arena/en/other"] is True
+    assert result["cached"]["judge/en/other"] is False and result["cached"]["arena/en/other"] is True
     missing = total - JUDGMENTS_PER_SHARD
     assert CountingGenerator.calls == missing  # only the shard the killed run had not finished
     manifest = out.manifest()
@@ -206,6 +206,24 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prom
     CountingGenerator.calls = 0
     retallied = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"ties": "loss"})})
     result = run(retallied, stages=["judge"])
-    assert result["cached"]["judge/en"] is True and result["versions"]["judge/en"] == out.uri
+    assert result["cached"]["judge/en/other"] is True and result["versions"]["judge/en/other"] == out.uri
     assert CountingGenerator.calls == 0
     assert "ties count as loss" in (results_folder(cfg) / "judge_results.md").read_text()
+
+
+def test_adding_a_model_judges_only_that_model_and_the_tables_read_every_model(tmp_path, tiny_models, prompts_file, arena_file):
+    import transformers
+
+    first = shutil.copytree(tiny_models["policy"], tmp_path / "first-model")
+    cfg = judge_config(tmp_path, tiny_models, first, prompts_file, arena_file, {"kind": "reward"}, name="first", arena_tokens=4)
+    run(cfg, stages=["judge"])
+    manifest = version(cfg, "judge/en/first").manifest()
+    assert manifest["libraries"]["transformers"] == transformers.__version__ and "trl" in manifest["libraries"]
+
+    second = shutil.copytree(tiny_models["policy"], tmp_path / "second-model")
+    models = {**cfg.evaluate.models, "second": ModelConfig(path=str(second))}
+    result = run(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"models": models})}), stages=["judge"])
+    judged = {unit: cached for unit, cached in result["cached"].items() if unit.startswith("judge/")}
+    assert judged == {"judge/en/first": True, "judge/da/first": True, "judge/en/second": False, "judge/da/second": False}
+    rows = json.loads((results_folder(cfg) / "judge_results.json").read_text())
+    assert {(r["model"], r["language"]) for r in rows if r["subcategory"] == "all"} >= {(m, lang) for m in ("first", "second") for lang in ("en", "da")}
