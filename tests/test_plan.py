@@ -133,13 +133,15 @@ def test_the_same_model_and_data_moved_elsewhere_keep_their_keys(tmp_path, tiny_
     def plan_at(folder):
         policy = shutil.copytree(tiny_models["policy"], folder / "policy")
         data = shutil.copy(prompts_file, folder / "prompts.jsonl")
-        return build_plan(make_config(tmp_path, {**tiny_models, "policy": str(policy)}, [{"path": str(data)}]))
+        dataset = shutil.copytree(prompts_file.parent, folder / "dataset", ignore=lambda _, names: [n for n in names if n != prompts_file.name])
+        sources = [{"path": str(data), "language": "en"}, {"path": str(dataset), "language": "da"}]  # a file, a dataset folder
+        return build_plan(make_config(tmp_path, {**tiny_models, "policy": str(policy)}, sources))
 
     here, there = plan_at(tmp_path / "here"), plan_at(tmp_path / "there")
     assert {u.id: u.key for u in here.units} == {u.id: u.key for u in there.units}
     shown = here.by_id["generate/en"].settings["policy"]  # the manifest still says where the weights were
     assert shown["location"]["path"] == str(tmp_path / "here" / "policy") and "weights_sha256" in shown
-    assert here.by_id["prompts/en"].settings["inputs"][0]["location"] == str(tmp_path / "here" / "prompts.jsonl")
+    assert here.by_id["prompts/da"].settings["inputs"][0]["location"] == str(tmp_path / "here" / "dataset")
 
 
 def test_the_device_class_and_resolved_dtype_are_in_the_keys_of_what_a_model_makes(tmp_path, tiny_models, prompts_file):
