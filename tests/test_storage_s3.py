@@ -73,6 +73,11 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     records = result_storage(storage)  # Prefect's cache records of an S3 root stay on this machine
     assert sorted(p.name for p in records.iterdir()) and all(secret.encode() not in p.read_bytes() for p in records.iterdir())
     assert secret not in caplog.text
+    weights = f"{version(cfg, 'dpo/all').path}/files/adapter/adapter_model.safetensors"
+    flipped = bytearray(storage.fs.cat_file(weights))
+    flipped[len(flipped) // 2] ^= 0xFF
+    storage.fs.pipe_file(weights, bytes(flipped))  # the same size: only the checksum check sees it
+    assert version(cfg, "dpo/all").problems() == ["files/adapter/adapter_model.safetensors has other bytes than its manifest says (sha256 differs)"]
 
 
 def test_credentials_come_from_a_prefect_aws_credentials_block(s3_server, monkeypatch, tmp_path):

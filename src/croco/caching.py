@@ -2,9 +2,10 @@
 
 Prefect's default cache policy includes the flow run id, so nothing would carry across runs;
 here a task's cache key is the unit's key (see croco.plan). Prefect alone would also hand on a
-cached reference to data that is gone, so the policy first checks the unit's version: a
-version that is missing, truncated or corrupt drops its cache record and the task runs again,
-resuming from the shards that are still good. The cache records live beside the versions
+cached reference to data that is gone, so the policy first checks the unit's version, reading
+only: a version that is missing, truncated or corrupt (`storage.verify`) drops its cache record
+and the task runs again. The task, holding the unit's lock, takes back what is broken and resumes
+from the shards that are still good. The cache records live beside the versions
 (`<root>/_prefect/`) for a local root, so every storage root has its own.
 
 Two flow runs of one config never compute one key twice: the policy is SERIALIZABLE, so the
@@ -94,20 +95,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class InputChanged(Exception):
+    """An input was recomputed with other data while a unit read it; a retry starts the unit over from the new data."""
+
+
 @dataclass
 class UnitCachePolicy(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        """The unit's key. Prefect takes the unit's lock only after this returns, so nothing here changes a version:
+        a version that cannot be trusted only drops its cache record, and the task repairs it under the lock."""
         cfg: CrocoConfig = inputs["cfg"]
         unit: Unit = inputs["unit"]
         storage = storage_of(cfg)
-        version = storage.version(unit.stage, unit.language, unit.key)
-        problems = version.problems()
-        if problems:
-            stale = version.stale_inputs()
-            if stale:
-                version.discard("; ".join(stale[:3]))
-            elif problems != ["not committed"]:
-                version.uncommit("; ".join(problems[:3]))
+        if storage.version(unit.stage, unit.language, unit.key).problems():
             (result_storage(storage) / record_key(unit)).unlink(missing_ok=True)  # points at data that is gone: no hit
         return record_key(unit)
 
@@ -150,13 +150,19 @@ def stage_task(work: Work):
     )
     def run_unit(cfg: CrocoConfig, unit: Unit) -> dict[str, Any]:
         storage = storage_of(cfg)
-        out = storage.version(unit.stage, unit.language, unit.key)
-        done = out.manifest()
-        if done is not None:  # committed elsewhere (another machine's cache record); the policy checked it is intact
+        out = storage.version(unit.stage, unit.language, unit.key, writing=True)
+        done = intact(out)
+        if done is not None:  # committed and intact: another machine's cache record, or a run that finished while this one waited
             return reference(done)
         inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
+        # Read before the work: an input recomputed while this unit reads it is caught below.
+        lineage = {unit_id: {"version": v.relative, "uri": v.uri, "digest": v.committed_manifest()["digest"]} for unit_id, v in inputs.items()}
+        out.start(lineage)
         started = time.perf_counter()
         report = work(cfg, unit, out, inputs)
+        for unit_id, version in inputs.items():
+            if version.committed_manifest()["digest"] != lineage[unit_id]["digest"]:
+                raise InputChanged(f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data")
         manifest = out.commit(
             {
                 "stage": unit.stage,
@@ -165,7 +171,7 @@ def stage_task(work: Work):
                 "key": unit.key,
                 "settings": unit.settings,
                 "libraries": library_versions(),  # in no key: see plan.library_versions
-                "lineage": {unit_id: {"version": v.relative, "uri": v.uri, "digest": v.manifest()["digest"]} for unit_id, v in inputs.items()},
+                "lineage": lineage,
                 "wall_s": round(time.perf_counter() - started, 2),
                 **report,
             }
@@ -177,6 +183,20 @@ def stage_task(work: Work):
         return reference(manifest)
 
     return run_unit
+
+
+def intact(version: Version) -> dict[str, Any] | None:
+    """Under the unit's lock: the manifest of a committed version that can be trusted; otherwise None, after
+    removing a version made from inputs that changed since, or taking back the commit of a broken one."""
+    problems = version.problems()
+    if not problems:
+        return version.manifest()
+    stale = version.stale_inputs()
+    if stale:
+        version.discard("; ".join(stale[:3]))
+    elif problems != ["not committed"]:
+        version.uncommit("; ".join(problems[:3]))
+    return None
 
 
 def reference(manifest: dict[str, Any]) -> dict[str, Any]:

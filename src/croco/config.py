@@ -263,6 +263,11 @@ class StorageConfig(_Section):
         description="For an `s3://` root: the name of a saved Prefect AwsCredentials block (prefect-aws) to take the key, secret, "
         "session token, profile, region and endpoint from instead of the environment. The block lives on the Prefect server.",
     )
+    verify: Literal["size", "checksum"] = Field(
+        "checksum",
+        description="What the cache check of every run and `croco plan` compares with a version's manifest: `size` (one listing; "
+        "catches a missing or truncated file) or `checksum` (reads every file; also catches a changed byte of the same size).",
+    )
 
 
 class RetryConfig(_Section):

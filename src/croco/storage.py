@@ -7,11 +7,13 @@ Every stage output is an immutable, content-addressed version:
         skipped/part-<shard>.parquet      what the stage could not process, with reasons
         index/part-<shard>.json           rows, bytes and sha256 of that shard pair, written after them
         files/...                         other outputs: adapters, plots, tables
-        manifest.json                     written last: the commit marker
+        started.json                      the digests of the inputs the work was started from
+        manifest.json                     written last: the commit marker, with the size and sha256 of every file
     <root>/runs/<run_id>.json             the version of every stage a run used
 
 A shard counts as finished only when its index entry exists and the shard matches it, so a
-killed task resumes from its finished shards and a truncated or corrupt shard is redone.
+killed task resumes from its finished shards and a truncated or corrupt shard is redone; it
+resumes only over work made from the same inputs (started.json).
 Endpoint and credentials come from the environment (AWS variables or profile): they are
 never part of a URI, a manifest or a log line.
 """
@@ -23,6 +25,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,12 +38,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from croco.errors import CrocoError
-from croco.fileio import stable_hash
+from croco.fileio import stable_hash, write_atomic
 from croco.records import SKIPPED
 
 log = logging.getLogger("croco")
 
 MANIFEST = "manifest.json"
+STARTED = "started.json"
 PARTS = ("data", "skipped")
 ALL_LANGUAGES = "all"
 # Long free text (answers) is rarely repeated: a dictionary page would only be built and thrown away.
@@ -48,14 +52,19 @@ DICTIONARY_MAX_AVERAGE_BYTES = 256
 # Uploads and downloads run beside the stage's work (the next shard's encoding, generation or decoding).
 UPLOADS_IN_FLIGHT = 2
 _TRANSFERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="croco-storage")
+HASH_BLOCK = 8 << 20
 
 
 class CorruptShard(CrocoError):
     """A shard does not match its index entry; its version has been uncommitted so a rerun redoes it."""
 
 
+class MissingVersion(CrocoError):
+    """A version read as a unit's input is not committed: never finished, or deleted since."""
+
+
 class Storage:
-    def __init__(self, root: str, credentials_block: str | None = None):
+    def __init__(self, root: str, credentials_block: str | None = None, verify: str = "checksum"):
         if "@" in root.split("://", 1)[-1].split("/", 1)[0]:
             raise CrocoError("storage.root must not hold credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile instead")
         options = _block_credentials(credentials_block, root) if credentials_block else {}
@@ -63,9 +72,10 @@ class Storage:
         self.local = "file" in _protocols(self.fs)
         self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
         self.uri = self.root if self.local else f"{_protocols(self.fs)[0]}://{self.root}"
+        self.verify = verify  # what a cache check compares: sizes, or every byte's checksum
 
-    def version(self, stage: str, language: str, key: str) -> "Version":
-        return Version(self, f"{self.root}/{stage}/{language}/{key}")
+    def version(self, stage: str, language: str, key: str, writing: bool = False) -> "Version":
+        return Version(self, f"{self.root}/{stage}/{language}/{key}", writing)
 
     def version_at(self, relative: str) -> "Version":
         return Version(self, f"{self.root}/{relative}")
@@ -109,7 +119,7 @@ class Storage:
                 continue
             deleted.append(relative)
             if not dry_run:
-                self.fs.rm(version.path, recursive=True)
+                version.remove()
         if not dry_run:
             for run in runs[keep:]:
                 self.fs.rm(f"{self.root}/runs/{run['run_id']}.json")
@@ -139,8 +149,8 @@ class Storage:
 
 
 def storage_of(cfg) -> Storage:
-    """The storage a config names (its root, and its credentials block if any)."""
-    return Storage(cfg.storage.root, cfg.storage.credentials_block)
+    """The storage a config names (its root, its credentials block if any, and how it is checked)."""
+    return Storage(cfg.storage.root, cfg.storage.credentials_block, cfg.storage.verify)
 
 
 def _block_credentials(name: str, root: str) -> dict[str, Any]:
@@ -185,8 +195,13 @@ def _protocols(fs) -> tuple[str, ...]:
 class Version:
     storage: Storage
     path: str
+    # The unit that writes this version reads its finished shards before the commit (to resume); any other
+    # reader gets committed data or a MissingVersion error, never a partial or empty table.
+    writing: bool = False
     # Shard uploads in flight (at most UPLOADS_IN_FLIGHT): the next shard is encoded meanwhile.
     _uploads: list[Future] = field(default_factory=list, init=False, repr=False, compare=False)
+    # The digests of the inputs this unit's work is made from (see start).
+    _made_from: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def relative(self) -> str:
@@ -214,28 +229,47 @@ class Version:
     def committed(self) -> bool:
         return self.storage.fs.exists(f"{self.path}/{MANIFEST}")
 
+    def committed_manifest(self) -> dict[str, Any]:
+        """The manifest of a version read as an input: it must be committed."""
+        manifest = self.manifest()
+        if manifest is None:
+            raise MissingVersion(
+                f"version {self.uri} is not committed (its unit has not finished, or the version was deleted, e.g. by `croco gc`); "
+                "rerun the config to compute it again"
+            )
+        return manifest
+
     def problems(self) -> list[str]:
-        """Why a committed version cannot be trusted: shards missing or of another size than indexed (one listing)."""
+        """Why a committed version cannot be trusted: a shard or file missing or of another size than its manifest
+        says (one listing), or, with `storage.verify: checksum`, one whose bytes changed (every file is read)."""
         self.storage.fs.invalidate_cache(self.path)  # another process may have written since the last listing
         manifest = self.manifest()
         if manifest is None:
             return ["not committed"]
+        expected = {f"{part}/part-{name}.parquet": entry[part] for name, entry in manifest["shards"].items() for part in PARTS if entry[part]}
+        # Manifests written before files had checksums hold only their sizes.
+        expected |= {f"files/{name}": entry if isinstance(entry, dict) else {"bytes": entry} for name, entry in manifest.get("files", {}).items()}
         sizes = {p[len(self.path) + 1 :]: info["size"] for p, info in self.storage.fs.find(self.path, detail=True).items()}
-        found = []
-        for name, entry in manifest["shards"].items():
-            for part in PARTS:
-                if entry[part] is None:
-                    continue
-                have = sizes.get(f"{part}/part-{name}.parquet")
-                if have is None:
-                    found.append(f"{part}/part-{name}.parquet is missing")
-                elif have != entry[part]["bytes"]:
-                    found.append(f"{part}/part-{name}.parquet has {have} bytes, its index says {entry[part]['bytes']}")
-        for name, size in manifest.get("files", {}).items():
-            have = sizes.get(f"files/{name}")
-            if have != size:
-                found.append(f"files/{name} is missing" if have is None else f"files/{name} has {have} bytes, the manifest says {size}")
+        found, same_size = [], []
+        for name, entry in expected.items():
+            have = sizes.get(name)
+            if have is None:
+                found.append(f"{name} is missing")
+            elif have != entry["bytes"]:
+                found.append(f"{name} has {have} bytes, its manifest says {entry['bytes']}")
+            elif "sha256" in entry:
+                same_size.append(name)
+        if self.storage.verify == "checksum":
+            checksums = _TRANSFERS.map(lambda name: self._sha256(f"{self.path}/{name}"), same_size)
+            found += [f"{name} has other bytes than its manifest says (sha256 differs)" for name, sha in zip(same_size, checksums) if sha != expected[name]["sha256"]]
         return found + self.stale_inputs(manifest)
+
+    def _sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.storage.fs.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def stale_inputs(self, manifest: dict[str, Any] | None = None) -> list[str]:
         """Inputs that are gone or hold other data than this version was made from (recomputed on another
@@ -251,7 +285,41 @@ class Version:
     def discard(self, reason: str) -> None:
         """Remove the whole version, finished shards included: they were made from data that is gone."""
         log.warning("%s: %s; it will be recomputed from scratch", self.relative, reason)
+        self.remove()
+
+    def remove(self) -> None:
+        """Delete the version, its manifest first: a recursive delete (several batches on S3) that stops halfway
+        leaves an uncommitted version, never a manifest over missing shards."""
+        manifest = f"{self.path}/{MANIFEST}"
+        if self.storage.fs.exists(manifest):
+            self.storage.fs.rm(manifest)
         self.storage.fs.rm(self.path, recursive=True)
+
+    def start(self, lineage: dict[str, dict]) -> None:
+        """Before the unit's work: record the digests of its inputs. What an earlier, killed attempt made from other
+        inputs (one recomputed since) is removed first, shards, files and this machine's work folder alike, so
+        a resume never stitches new work onto old."""
+        made_from = {unit_id: read["digest"] for unit_id, read in lineage.items()}
+        fs = self.storage.fs
+        fs.invalidate_cache(self.path)
+        before = self._json(f"{self.path}/{STARTED}")
+        earlier = [f"{self.path}/{part}" for part in ("index", *PARTS, "files") if fs.exists(f"{self.path}/{part}")]
+        if before != made_from and earlier:
+            log.warning("%s: its finished work was made from other data than its inputs (%s) hold now; discarding it and starting over", self.relative, ", ".join(made_from) or "none")
+            for folder in earlier:  # the index first: it is what marks a shard finished
+                fs.rm(folder, recursive=True)
+        work, marker = self._work_paths()
+        if work.exists() and marker.exists() and json.loads(marker.read_text()) != made_from:
+            log.warning("%s: the local work folder %s was made from other inputs; discarding it", self.relative, work)
+            shutil.rmtree(work)
+        self.storage.put(f"{self.path}/{STARTED}", json.dumps(made_from, sort_keys=True).encode())
+        self._made_from = made_from
+
+    def _json(self, path: str) -> Any:
+        try:
+            return json.loads(self.storage.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
 
     def uncommit(self, reason: str) -> None:
         """Take back the commit marker so the stage runs again and redoes what is broken."""
@@ -319,12 +387,14 @@ class Version:
                 self.storage.fs.rm(path)
 
     def _entries(self) -> dict[str, dict]:
-        manifest = self.manifest()
-        return manifest["shards"] if manifest is not None else self.finished_shards(verify=False)
+        if self.writing:
+            manifest = self.manifest()
+            return manifest["shards"] if manifest is not None else self.finished_shards(verify=False)
+        return self.committed_manifest()["shards"]
 
     def read(self, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
-        """Every finished shard (all of them once committed), each checked against its index entry; later
-        shards download while earlier ones decode."""
+        """Every shard of a committed version (the writing unit's finished shards before that), each checked
+        against its index entry; later shards download while earlier ones decode."""
         part = "skipped" if skipped else "data"
         shards = [(name, entry[part]) for name, entry in sorted(self._entries().items()) if entry[part]]
         downloads = [_TRANSFERS.submit(self._fetch, f"{self.path}/{part}/part-{name}.parquet") for name, _ in shards]
@@ -350,6 +420,8 @@ class Version:
 
     def _decode(self, name: str, entry: dict, part: str, data: bytes, schema: pa.Schema, columns: list[str] | None, filters: list[tuple] | None = None) -> pa.Table:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            if not self.writing:
+                self.committed_manifest()  # deleted while it was read: say so, rather than "corrupt"
             self.remove_shard(name)
             if self.committed():
                 self.uncommit(f"shard {part}/part-{name}.parquet is missing or corrupt")
@@ -360,12 +432,19 @@ class Version:
 
     def work_folder(self) -> Path:
         """A local folder for this version's work in progress (training checkpoints, EuroEval's files), one per
-        storage root and version: a killed task resumes from it on the same machine."""
+        storage root and version: a killed task resumes from it on the same machine, if it was made from the
+        same inputs (the marker beside it says which; see start)."""
+        folder, marker = self._work_paths()
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._made_from is not None:
+            write_atomic(marker, json.dumps(self._made_from, sort_keys=True).encode())
+        return folder
+
+    def _work_paths(self) -> tuple[Path, Path]:
         from croco.embedded import cache_dir
 
         folder = cache_dir() / "work" / stable_hash(self.storage.uri) / self.relative
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return folder, folder.with_name(f"{folder.name}.inputs.json")
 
     def put_file(self, name: str, data: bytes) -> str:
         path = f"{self.path}/files/{name}"
@@ -381,14 +460,23 @@ class Version:
         return self.storage.uri_of(f"{self.path}/files/{name}")
 
     def local_folder(self, name: str, cache: Path) -> Path:
-        """A local path to files/<name>: the folder itself on local storage, else a downloaded copy."""
+        """A local path to files/<name> of this committed version: the folder itself on local storage, else a
+        copy downloaded once per content (the manifest's digest). Two processes may download at once: each into
+        a name of its own, renamed into place; the later one uses the copy already there."""
+        digest = self.committed_manifest()["digest"]
         if self.storage.local:
             return Path(f"{self.path}/files/{name}")
-        target = cache / self.relative / name
+        target = cache / digest / name
         if not target.exists():
-            partial = target.with_name(target.name + ".partial")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
             self.storage.fs.get(f"{self.path}/files/{name}/", str(partial) + "/", recursive=True)
-            partial.rename(target)
+            try:
+                partial.rename(target)
+            except OSError:
+                if not target.exists():
+                    raise
+                shutil.rmtree(partial)
         return target
 
     def file_sizes(self) -> dict[str, int]:
@@ -398,7 +486,9 @@ class Version:
     def commit(self, report: dict[str, Any]) -> dict[str, Any]:
         """Write the manifest, last: from now on the version is complete and immutable."""
         shards = self.finished_shards(verify=False)  # this task wrote or verified each of them
-        files = self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {}
+        sizes = self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {}
+        checksums = _TRANSFERS.map(lambda name: self._sha256(f"{self.path}/files/{name}"), sizes)  # what is stored, read back
+        files = {name: {"bytes": size, "sha256": sha} for (name, size), sha in zip(sizes.items(), checksums)}
         file_versions = {name: self.storage.object_version(f"{self.path}/files/{name}") for name in files}
         manifest = {
             **report,
@@ -408,7 +498,7 @@ class Version:
             "files": files,
             **({"file_version_ids": file_versions} if any(file_versions.values()) else {}),
             # What the data is, not only what asked for it: a later unit records the digests it read.
-            "digest": stable_hash([{n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()}, files]),
+            "digest": stable_hash([{n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()}, {n: e["sha256"] for n, e in files.items()}]),
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.storage.put(f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
