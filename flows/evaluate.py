@@ -7,10 +7,13 @@ from typing import Any
 from prefect import flow
 
 from croco.flows.execute import execute, load_run_config
+from croco.redaction import NoCredential
 
 
 @flow(name="croco-evaluate", description="Arena answers, judge and EuroEval for the evaluated models (training runs first if it must).")
-def evaluate(config: str, overrides: list[str] | None = None, languages: list[str] | None = None, models: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluate(
+    config: NoCredential, overrides: list[NoCredential] | None = None, languages: list[str] | None = None, models: dict[str, NoCredential] | None = None
+) -> dict[str, Any]:
     """Evaluate the models of one config.
 
     Args:

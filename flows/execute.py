@@ -15,13 +15,13 @@ import uuid
 from typing import Any
 
 import fsspec
-import yaml
 
 from croco.caching import with_execution
-from croco.config import CrocoConfig, load_config
+from croco.config import CrocoConfig, load_config, read_yaml
+from croco.errors import CrocoError
 from croco.fileio import decode_text
 from croco.plan import Plan, build_plan, describe, stage_modules
-from croco.redaction import redact_value
+from croco.redaction import redact_value, refuse_credentials
 from croco.report import run_folder, write_report
 from croco.storage import Storage, storage_of
 from croco.summaries import publish_markdown, publish_summary, publish_table
@@ -31,10 +31,17 @@ log = logging.getLogger("croco")
 
 def load_run_config(config: str, overrides: list[str] | None, languages: list[str] | None = None, models: dict[str, str] | None = None) -> CrocoConfig:
     """The config at a local path or an fsspec URI (s3://...), with overrides, and the flow parameters that
-    replace its languages or add models to evaluate (set as values, never re-read as YAML: `no` stays a string)."""
+    replace its languages or add models to evaluate (set as values, never re-read as YAML: `no` stays a string).
+    A parameter holding a credential is refused, and masked where Prefect stored it (a deployment run's parameters
+    are stored before any croco code runs; `croco run` refuses them before creating the run)."""
+    try:
+        refuse_credentials({"config": [config], "override": list(overrides or []), "model": list((models or {}).values())})
+    except CrocoError:
+        _mask_stored_parameters()
+        raise
     if "://" in config:
         with fsspec.open(config, "rb") as handle:
-            raw = yaml.safe_load(decode_text(handle.read(), config))
+            raw = read_yaml(decode_text(handle.read(), config))
     else:
         raw = None
     updates: dict = {}
@@ -43,6 +50,16 @@ def load_run_config(config: str, overrides: list[str] | None, languages: list[st
     if models:
         updates["evaluate"] = {"models": {name: {"path": path} for name, path in models.items()}}
     return load_config(config, list(overrides or []), raw=raw, updates=updates)
+
+
+def _mask_stored_parameters() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context and context.flow_run:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, parameters=redact_value(context.flow_run.parameters))
 
 
 def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from typing import Any
 from prefect import flow
 
 from croco.flows.execute import execute, last_languages, load_run_config
+from croco.redaction import NoCredential
 from croco.storage import storage_of
 
 log = logging.getLogger("croco")
 
 
 @flow(name="croco-languages", description="Rerun the pipeline for the config's languages; only languages without finished work do any.")
-def languages(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
+def languages(config: NoCredential, overrides: list[NoCredential] | None = None) -> dict[str, Any]:
     """Run the pipeline for every language of a config; languages finished earlier are cache hits.
 
     Args:

@@ -7,10 +7,11 @@ from typing import Any
 from prefect import flow
 
 from croco.flows.execute import execute, load_run_config
+from croco.redaction import NoCredential
 
 
 @flow(name="croco-pipeline", description="Every enabled stage of a croco config; finished units are cache hits.")
-def pipeline(config: str, overrides: list[str] | None = None, languages: list[str] | None = None, stages: list[str] | None = None) -> dict[str, Any]:
+def pipeline(config: NoCredential, overrides: list[NoCredential] | None = None, languages: list[str] | None = None, stages: list[str] | None = None) -> dict[str, Any]:
     """Run the croco method for one config.
 
     Args:

@@ -1,12 +1,22 @@
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from croco.cli import main
 from croco.config import STAGE_NAMES
+from croco.errors import CrocoError
 
-from conftest import REPO
+from conftest import REPO, make_config, save_config
+from test_redaction import PLANTED, stored_flow_runs
 
 
 @pytest.mark.parametrize("command", ["run", *STAGE_NAMES, "config", "plan", "runs", "gc"])
@@ -17,15 +27,112 @@ def test_every_command_has_help(command, capsys):
     assert "KEY=VALUE" in capsys.readouterr().out
 
 
-def test_user_errors_are_one_line_without_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("generate.num_sampels=2", "{config}: unknown key generate.num_sampels; did you mean generate.num_samples?"),
+        ("models.policy.path=../escape", "{config}: key models.policy.path: names neither a folder that exists here nor a Hugging Face id such as org/name (got '../escape')"),
+        ("languages=[en, da", "override 'languages=[en, da' is not valid YAML (expected ',' or ']', but got '<stream end>'); write the value as in a config file, e.g. languages=[en,da]"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(override, error):
+    config = REPO / "configs" / "demo.yaml"
+    result = subprocess.run([sys.executable, "-m", "croco.cli", "run", str(config), override], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["croco: error: " + error.format(config=config)]
+
+
+def test_a_user_error_inside_a_flow_run_is_its_sentence_and_the_run_log_keeps_the_traceback(tmp_path, tiny_models, prefect_server):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(tmp_path / "missing.jsonl")}], sft={"enabled": False}, dpo={"enabled": False})
+    config = save_config(cfg, tmp_path / "cfg.yaml")
     result = subprocess.run(
-        [sys.executable, "-m", "croco.cli", "run", str(REPO / "configs" / "demo.yaml"), "generate.num_sampels=2"],
-        capture_output=True, text=True,
+        [sys.executable, "-m", "croco.cli", "run", str(config)], env={**os.environ, "PREFECT_API_URL": prefect_server}, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"croco: error: {REPO / 'configs' / 'demo.yaml'}: unknown key generate.num_sampels; did you mean generate.num_samples?"
-    ]
+    assert "Traceback" not in result.stderr and "Encountered exception" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == f"croco: error: data file {tmp_path / 'missing.jsonl'} does not exist (data.sources)"
+    [flow_run] = [run for run in stored_flow_runs(prefect_server) if run.parameters.get("config") == str(config)]
+    assert any("Traceback" in line.message for line in run_logs(prefect_server, flow_run.id))
+
+
+def test_only_a_user_error_loses_its_traceback_on_the_terminal():
+    from croco.cli import _UserErrorFilter
+
+    def reported(error: Exception, logger: str) -> bool:
+        try:
+            raise error
+        except Exception:
+            record = logging.getLogger(logger).makeRecord(logger, logging.ERROR, __file__, 1, "Encountered exception during execution: %r", (error,), sys.exc_info())
+        return _UserErrorFilter().filter(record)
+
+    assert not reported(CrocoError("a sentence"), "prefect.flow_runs") and not reported(CrocoError("a sentence"), "prefect.task_runs")
+    assert reported(ValueError("a bug"), "prefect.flow_runs") and reported(CrocoError("not a run's report"), "croco")
+
+
+def test_a_credential_in_an_override_is_refused_before_any_flow_run_exists(tmp_path, prefect_server, capsys):
+    config = tmp_path / "cli.yaml"
+    shutil.copy(REPO / "configs" / "demo.yaml", config)
+    for override, secret in PLANTED.items():
+        assert main(["run", str(config), override]) == 2
+        error = capsys.readouterr().err
+        assert "holds a credential, which Prefect would store with the flow run; put the key in the environment variable" in error and secret not in error
+    assert not [run for run in stored_flow_runs(prefect_server) if run.parameters.get("config") == str(config)]
+
+
+def test_a_killed_run_leaves_no_temporary_prefect_server(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], generate={"num_samples": 64})
+    config = save_config(cfg, tmp_path / "cfg.yaml")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")} | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+    log = tmp_path / "croco.log"
+    with open(log, "wb") as out:
+        croco = subprocess.Popen([sys.executable, "-m", "croco.cli", "run", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    servers = []
+    try:
+        deadline = time.monotonic() + 300
+        while b"Beginning flow run" not in log.read_bytes():  # the temporary server is up: a flow run was created on it
+            assert croco.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        servers = [pid for pid in children(croco.pid) if b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert servers and croco.poll() is None
+        croco.kill()
+        croco.wait()
+        deadline = time.monotonic() + 15
+        while any(map(alive, servers)) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not [pid for pid in servers if alive(pid)]
+    finally:
+        croco.kill()
+        for pid in filter(alive, servers):
+            os.kill(pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def run_logs(api_url: str, flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return asyncio.run(read())
 
 
 def test_config_prints_the_resolved_config(capsys):

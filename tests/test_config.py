@@ -143,3 +143,28 @@ def test_a_config_saved_by_a_windows_editor_loads_and_one_not_in_utf8_is_named(t
     latin1.write_bytes("languages: [da]\nname: sm\u00f8rrebr\u00f8d\n".encode("latin-1"))
     with pytest.raises(CrocoError, match=rf"^{latin1} line 2 is not UTF-8 \(byte offset 24\); save the file as UTF-8$"):
         load_config(latin1)
+
+
+def test_a_model_is_a_folder_here_an_embedded_model_or_a_hub_id(tmp_path):
+    for key in ("path", "adapter"):
+        with pytest.raises(CrocoError, match=rf"^config: key models\.policy\.{key}: names neither a folder that exists here nor a Hugging Face id such as org/name \(got '\.\./escape'\)$"):
+            parse_config(minimal(models={"policy": {"path": "a", key: "../escape"}, "reward": {"path": "b"}}))
+    with pytest.raises(CrocoError, match=r"^config: key evaluate\.models\.mine\.path: unknown embedded model; use embedded:smollm2-135m-instruct or embedded:croco-demo-reward"):
+        parse_config(minimal(evaluate={"models": {"mine": {"path": "embedded:smollm3"}}}))
+    folder = tmp_path / "merged..model"  # not a hub id, but a folder that exists
+    folder.mkdir()
+    for fine in (str(folder), "Org/model-1.5B", "gpt2", "embedded:croco-demo-reward"):
+        assert parse_config(minimal(judge={"model": {"path": fine}})).judge.model.path == fine
+
+
+def test_an_override_that_is_not_yaml_is_named():
+    with pytest.raises(CrocoError, match=r"^override 'languages=\[en, da' is not valid YAML \(expected ',' or '\]', but got '<stream end>'\); write the value as"):
+        load_config(REPO / "configs" / "demo.yaml", ["languages=[en, da"])
+
+
+def test_a_number_written_with_an_exponent_is_a_number(tmp_path):
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["sft.learning_rate=1e-4", "dpo={learning_rate: 5E-7, beta: 2e0}", "languages=[en, da]", "name=1e4x"])
+    assert (cfg.sft.learning_rate, cfg.dpo.learning_rate, cfg.dpo.beta, cfg.languages, cfg.name) == (1e-4, 5e-7, 2.0, ["en", "da"], "1e4x")
+    written = tmp_path / "c.yaml"
+    written.write_text(yaml.safe_dump(minimal()) + "sft: {learning_rate: 3e-5}\n")
+    assert load_config(written).sft.learning_rate == 3e-5

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import os
+import signal
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -13,7 +18,7 @@ import yaml
 from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
-from croco.redaction import redact_value
+from croco.redaction import redact_value, refuse_credentials
 from croco.tasks import STAGE_DOCS
 
 log = logging.getLogger("croco")
@@ -133,16 +138,72 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _migrate(args)
     if args.config is None:
         raise CrocoError(f"croco {args.command} needs a CONFIG file")
+    if _runs_a_flow(args) or getattr(args, "notify", False):  # what reaches Prefect, before any flow run exists
+        refuse_credentials({"config": [args.config], "override": args.overrides})
     cfg = load_config(args.config, args.overrides)
     if args.command in ("plan", "runs", "gc"):
         return _inspect(args, cfg)
     # Imported here: Prefect and the stages (torch with them) are not needed by the commands above.
     from croco.flows.pipeline import pipeline
 
-    result = pipeline(config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command])
+    _start_temporary_server()
+    with _user_errors_without_tracebacks():
+        result = pipeline(config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command])
     log.info("versions: %s", cfg.storage.root)
     log.info("report:   %s", result["report"])
     return 0
+
+
+class _UserErrorFilter(logging.Filter):
+    """Drops a flow or task run's report of a CrocoError: `croco: error:` prints its sentence, and the run's logs
+    (Prefect's API handler, unfiltered) keep the traceback. Any other exception keeps its traceback here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, CrocoError) and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
+@contextlib.contextmanager
+def _user_errors_without_tracebacks():
+    handlers, only_sentences = logging.getLogger().handlers, _UserErrorFilter()  # Prefect's console handler is the root's
+    for handler in handlers:
+        handler.addFilter(only_sentences)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(only_sentences)
+
+
+def _start_temporary_server() -> None:
+    """Without PREFECT_API_URL, a flow run goes to a temporary server that Prefect starts in a subprocess and stops
+    at exit; a croco killed with SIGKILL (out of memory, a cluster's time limit) never stops it. On Linux croco
+    starts that server itself, and the kernel stops it when croco's process ends."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
+        return
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # croco ended before the line above
+            os._exit(1)
+
+    class DiesWithCroco(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # Prefect 3.9's own command (prefect/server/api/server.py), with the parent-death signal.
+            import prefect
+
+            command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory", "prefect.server.api.server:create_app",
+                       "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+            env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "0", "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                   **get_current_settings().to_environment_variables(exclude_unset=True)}
+            return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+    # The temporary server is one shared instance: Prefect's client, asking for it later, gets this one, running.
+    DiesWithCroco().start()
 
 
 def _inspect(args: argparse.Namespace, cfg) -> int:

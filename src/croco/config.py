@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from croco.embedded import PREFIX, POLICY, REWARD, is_embedded
 from croco.errors import CrocoError
 from croco.fileio import read_text
 from croco.languages import LANGUAGES
@@ -40,6 +42,24 @@ class ModelConfig(_Section):
     chat_template_kwargs: dict[str, Any] = Field(
         {}, description="Extra chat-template arguments, e.g. `{enable_thinking: false}` to turn a hybrid model's thinking off."
     )
+
+    @field_validator("path", "adapter")
+    @classmethod
+    def _names_a_model(cls, path: str | None) -> str | None:
+        # Checked here: a path that is none of these fails only inside transformers, once per load attempt.
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        if path is None or Path(path).expanduser().is_dir():
+            return path
+        if is_embedded(path):
+            if path[len(PREFIX):] not in (POLICY, REWARD):
+                raise ValueError(f"unknown embedded model; use {PREFIX}{POLICY} or {PREFIX}{REWARD}")
+            return path
+        try:
+            validate_repo_id(path)
+        except HFValidationError:
+            raise ValueError("names neither a folder that exists here nor a Hugging Face id such as org/name") from None
+        return path
 
 
 class ModelsConfig(_Section):
@@ -329,13 +349,24 @@ class CrocoConfig(_Section):
         return codes
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that `1e-4` is a number: YAML 1.1 wants a dot (`1.0e-4`), no user does."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None, updates: dict[str, Any] | None = None) -> CrocoConfig:
     """Read a YAML config (or take its parsed `raw` content), apply `key.path=value` overrides, then `updates`
     (values merged into the sections they name), and validate it all."""
     if raw is None:
         path = Path(path)
         try:
-            raw = yaml.safe_load(read_text(path))
+            raw = read_yaml(read_text(path))
         except FileNotFoundError:
             raise CrocoError(f"config file {path} does not exist") from None
         except yaml.YAMLError as exc:
@@ -373,7 +404,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise CrocoError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = read_yaml(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise CrocoError(f"override {override!r} is not valid YAML ({problem}); write the value as in a config file, e.g. languages=[en,da]") from None
 
 
 def _explain(error: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ A key reaches croco through an environment variable the config names (`api_key_e
 is remembered here and masked wherever it appears. Anything else that looks like a credential is
 masked too, for keys pasted where they do not belong: the user:password of a URL, sk-/hf_-style
 tokens, `Bearer ...`, and the value after a key, token, secret or password flag or field. Log
-lines, errors, config dumps, manifests (and so cache keys) and run records all pass through here.
+lines, errors, config dumps, manifests (and so cache keys) and run records all pass through here;
+flow parameters, which Prefect stores as they are, are refused if they hold one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 MASK = "***"
 _MIN_REMEMBERED = 8  # a shorter value would mask ordinary words
@@ -23,11 +26,15 @@ _SECRET_FLAG = re.compile(r"--?[\w-]*(?:key|token|secret|password)", re.IGNORECA
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+(?::[^/\s@]*)?@")  # user:password@host
 _PATTERNS = [
     (URL_CREDENTIALS, MASK + "@"),
-    (re.compile(r"(?i)\b(bearer\s+)[^\s'\",]+"), r"\1" + MASK),
+    (re.compile(r"\b(bearer\s+)[^\s'\",]+", re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"\b(?:sk|hf|ghp|gho|github_pat|xox[abp])[-_][A-Za-z0-9_-]{16,}"), MASK),  # OpenAI/Anthropic, Hugging Face, GitHub, Slack
-    (re.compile(r"(?i)((?<![\w-])--?[\w-]*(?:key|token|secret|password)['\"]?(?:\s*[=:,]\s*|\s+)['\"]?)(?!\*\*\*)[^\s'\",&]+"), r"\1" + MASK),
-    (re.compile(r"(?i)(\b\w*(?:api[_-]?key|token|secret|password)['\"]?\s*[=:]\s*['\"]?)(?!\*\*\*)[^\s'\",&]+"), r"\1" + MASK),
+    (re.compile(r"((?<![\w-])--?[\w-]*(?:key|token|secret|password)['\"]?(?:\s*[=:,]\s*|\s+)['\"]?)(?!\*\*\*)[^\s'\",&]+", re.IGNORECASE), r"\1" + MASK),
+    (re.compile(r"(\b\w*(?:api[_-]?key|token|secret|password)['\"]?\s*[=:]\s*['\"]?)(?!\*\*\*)[^\s'\",&]+", re.IGNORECASE), r"\1" + MASK),
 ]
+# The same patterns as one regex, for a flow parameter's JSON schema: a Prefect server refuses to create a deployment
+# run whose parameter matches it (deployments enforce their parameter schema by default), so the value is never stored.
+_ONE_PATTERN = "|".join(f"(?i:{p.pattern})" if p.flags & re.IGNORECASE else f"(?:{p.pattern})" for p, _ in _PATTERNS)
+NoCredential = Annotated[str, Field(json_schema_extra={"not": {"pattern": _ONE_PATTERN}})]
 
 
 def remember(secret: str) -> None:
@@ -47,6 +54,20 @@ def api_key(variable: str | None, config_key: str) -> str | None:
         raise CrocoError(f"environment variable {variable} ({config_key}) is not set; export the API key in it")
     remember(value)
     return value
+
+
+def refuse_credentials(parameters: dict[str, list[str]]) -> None:
+    """Refuse flow parameters (by the name a user knows them: override, config, ...) that hold a credential:
+    Prefect keeps a flow run's parameters as they are, for anyone who can open its UI."""
+    from croco.errors import CrocoError
+
+    for name, values in parameters.items():
+        for value in values:
+            if redact(value) != value:
+                raise CrocoError(
+                    f"{name} {value!r} holds a credential, which Prefect would store with the flow run; put the key in the "
+                    "environment variable the config names (api_key_env), or S3 keys in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
 
 
 def redact(text: str) -> str:
