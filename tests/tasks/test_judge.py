@@ -20,7 +20,6 @@ from croco.engines import load_scorer
 from croco.plan import build_plan
 from croco.records import ARENA_ANSWER, BATTLE_SKIPPED, JUDGMENT
 from croco.summaries import summary_line
-from croco.storage import Storage
 from croco.arena_stats import summarize
 from croco.tasks.judge import JUDGMENTS_PER_SHARD, results, results_table
 
@@ -46,8 +45,9 @@ def judge_config(tmp_path, tiny_models, other_model, prompts_file, arena_file, j
     )
 
 
-def results_folder(cfg) -> Path:
-    return Path(Storage(cfg.storage.root).root) / "runs" / cfg.name
+def results_folder(result: dict) -> Path:
+    """The run's own folder: its report and the judge's tables."""
+    return Path(result["report"]).parent
 
 
 def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_judge_is_flagged(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, caplog):
@@ -69,7 +69,7 @@ def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_jud
         assert (stored["model_reward"], stored["baseline_reward"]) == pytest.approx((alone[0].reward, alone[1].reward), abs=1e-4)
         assert stored["model_reward"] != stored["baseline_reward"]
         assert j["outcome"] == ("win" if stored["model_reward"] > stored["baseline_reward"] else "loss")
-    folder = results_folder(cfg)
+    folder = results_folder(result)
     rows = json.loads((folder / "judge_results.json").read_text())
     overall = next(r for r in rows if (r["model"], r["language"], r["subcategory"]) == ("smollm", "all", "all"))
     assert overall["judgments"] == 8 and overall["wins"] == sum(j["outcome"] == "win" for j in judgments) and overall["ties"] == 0
@@ -208,4 +208,4 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prom
     result = run(retallied, stages=["judge"])
     assert result["cached"]["judge/en"] is True and result["versions"]["judge/en"] == out.uri
     assert CountingGenerator.calls == 0
-    assert "ties count as loss" in (results_folder(cfg) / "judge_results.md").read_text()
+    assert "ties count as loss" in (results_folder(result) / "judge_results.md").read_text()
