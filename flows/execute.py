@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -22,7 +21,8 @@ from croco.errors import CrocoError
 from croco.fileio import decode_text
 from croco.plan import Plan, build_plan, describe, stage_modules
 from croco.redaction import redact_value, refuse_credentials
-from croco.report import run_folder, write_report
+from croco.report import run_folder, show_as_newest, write_report
+from croco.runs import LiveRun, completed, timestamp, utc_now
 from croco.storage import Storage, storage_of
 from croco.summaries import publish_markdown, publish_summary, publish_table
 
@@ -67,25 +67,24 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     storage = storage_of(cfg)
     plan = build_plan(cfg, targets)
     tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{_flow_run_id()}"
+    started = utc_now()
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{_flow_run_id()}"
     record = {
         "run_id": run_id,
         "name": cfg.name,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": timestamp(started),
         "languages": cfg.languages,
-        "status": "running",
         "config": redact_value(cfg.model_dump(mode="json")),
         "versions": {unit.id: unit.version_path for unit in plan.units},
         "skipped": plan.skipped,
     }
-    storage.write_run(record)
-    planned = describe(plan, storage)
-    publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
-    log.info("plan: %d units, %d cached, %d skipped", len(plan.units), sum(row["state"] == "cached" for row in planned), len(plan.skipped))
-    for unit_id, why in plan.skipped.items():
-        log.warning("%s: skipped: %s", unit_id, why)
-    cached = {}
-    try:
+    with LiveRun(storage, record) as live:  # a failed or interrupted run is recorded as failed
+        planned = describe(plan, storage)
+        publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
+        log.info("plan: %d units, %d cached, %d skipped", len(plan.units), sum(row["state"] == "cached" for row in planned), len(plan.skipped))
+        for unit_id, why in plan.skipped.items():
+            log.warning("%s: skipped: %s", unit_id, why)
+        cached = {}
         for unit in plan.units:
             state = with_execution(tasks[unit.stage], cfg, storage)(cfg, unit, return_state=True)
             state.result()  # raises the task's error
@@ -93,16 +92,15 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
             if cached[unit.id]:  # a unit that ran has published its summary itself
                 publish_summary(unit, storage.version_at(unit.version_path).manifest())
         manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
-        sections = _evaluation_sections(cfg, plan, storage)
-        report_uri, report = write_report(cfg, plan, storage, manifests, sections)
-    except BaseException:
-        storage.write_run({**record, "status": "failed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        raise
-    publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
-    # Where the bucket keeps object versions, the exact manifest objects this run used (recorded, never relied on).
-    object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
-    object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
-    storage.write_run({**record, "status": "completed", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "report": report_uri, **object_versions})
+        sections = _evaluation_sections(cfg, plan, storage, run_id)
+        report_uri, report = write_report(cfg, plan, storage, manifests, sections, live.record)
+        publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
+        # Where the bucket keeps object versions, the exact manifest objects this run used (recorded, never relied on).
+        object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
+        object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
+        live.finish("completed", report=report_uri, **object_versions)
+    if completed(storage, cfg.name)[0]["run_id"] == run_id:  # a newer run of this config that finished first keeps its report there
+        show_as_newest(storage, cfg, run_id, report)
     log.info("run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values()))
     return {
         "run_id": run_id,
@@ -112,11 +110,11 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     }
 
 
-def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, str]:
-    """Tables computed across languages from the judge and EuroEval versions, saved beside the report."""
+def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id: str) -> dict[str, str]:
+    """Tables computed across languages from the judge and EuroEval versions, saved beside the run's report."""
     from croco.tasks import euroeval, judge
 
-    folder = run_folder(storage, cfg)
+    folder = run_folder(storage, cfg, run_id)
     sections = {}
     judged = [storage.version_at(u.version_path) for u in plan.of("judge")]
     if judged:
@@ -126,7 +124,7 @@ def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict
         storage.put(f"{folder}/win_rates.png", found["plot"])
         publish_markdown(found["markdown"], f"croco-win-rates-{cfg.name}", "Arena win rates against the baseline")
         overall = found["markdown"].split("\n\nPer subcategory:")[0]
-        sections["Arena win rates"] = f"{overall}\n\nFull table: `judge_results.md`\n\n![Arena win rates](win_rates.png)"
+        sections["Arena win rates"] = f"{overall}\n\nFull table: [judge_results.md](judge_results.md)\n\n![Arena win rates](win_rates.png)"
     benchmarked = {u.id: storage.version_at(u.version_path) for u in plan.of("euroeval")}
     if benchmarked:
         markdown = "\n".join(euroeval.summarize(cfg, benchmarked)) + "\n"
@@ -141,11 +139,3 @@ def _flow_run_id() -> str:
 
     context = FlowRunContext.get()
     return str(context.flow_run.id)[:8] if context and context.flow_run else uuid.uuid4().hex[:8]
-
-
-def last_languages(storage: Storage, name: str) -> list[str] | None:
-    """The languages of the newest completed run of this name, or None."""
-    for run in storage.runs():
-        if run["name"] == name and run["status"] == "completed":
-            return run["languages"]
-    return None

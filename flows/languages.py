@@ -11,8 +11,9 @@ from typing import Any
 
 from prefect import flow
 
-from croco.flows.execute import execute, last_languages, load_run_config
+from croco.flows.execute import execute, load_run_config
 from croco.redaction import NoCredential
+from croco.runs import last_languages
 from croco.storage import storage_of
 
 log = logging.getLogger("croco")

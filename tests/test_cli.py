@@ -181,7 +181,7 @@ def test_plan_runs_and_gc_show_what_is_stored(tmp_path, tiny_models, prompts_fil
     assert main(["runs", str(path)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["gc", str(path), "--keep", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions; kept 2"  # prompts/da and generate/da: only the older run used them
+    assert capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions and 1 run records; kept 2 versions"  # prompts/da and generate/da: only the older run used them
 
 
 def test_config_output_masks_keys_and_url_passwords(capsys):

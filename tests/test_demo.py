@@ -28,8 +28,9 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
     assert len(samples) == len(scores) == 2 * 2 * 3
     assert all(s["response"].strip() for s in samples)
     assert all(math.isfinite(s["reward"]) for s in scores)
-    report = (store / "runs" / "demo" / "report.md").read_text()
-    assert "## Rewards" in report and "| ga |" in report and (store / "runs" / "demo" / "rewards.png").stat().st_size > 1000
+    report = (store / "runs" / "demo" / "report.md").read_text()  # the newest run's, where a person looks first
+    [folder] = [path.parent for path in (store / "runs" / "demo").glob("*/report.md")]  # the run's own, with its plots
+    assert "## Rewards" in report and "| ga |" in report and (folder / "rewards.png").stat().st_size > 1000
     for stage in ("sft", "dpo"):
         trained = version(cfg, f"{stage}/all")
         manifest, files = trained.manifest(), store / trained.relative / "files"
@@ -43,7 +44,7 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
     assert sorted({a["model"] for a in answers}) == ["dpo", "policy", "sft"] and len(answers) == 3 * 2 * 3
     assert "## Arena win rates" in report and "| sft | ga | all |" in report and "| dpo | all | all |" in report
     assert "Warning: the judge is the reward model the training pairs were chosen with" in report  # the demo's circular judge
-    assert (store / "runs" / "demo" / "win_rates.png").stat().st_size > 1000
+    assert (folder / "win_rates.png").stat().st_size > 1000 and f"]({folder.name}/win_rates.png)" in report
     dpo = version(cfg, "dpo/all")
     monkeypatch.chdir(tmp_path)
     assert main(["merge", str(store / dpo.relative / "files" / "adapter")]) == 0

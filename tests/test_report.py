@@ -1,6 +1,11 @@
+import re
+from datetime import timedelta
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from croco import runs
 from croco.plan import build_plan
 from croco.report import _sample_table, write_report
 from croco.storage import Storage
@@ -39,10 +44,32 @@ def test_report_reads_no_column_it_does_not_show_and_texts_only_of_the_samples_i
         return table
 
     monkeypatch.setattr(pq, "read_table", spy)
-    _, report = write_report(cfg, plan, storage, manifests, {})
+    _, report = write_report(cfg, plan, storage, manifests, {}, {"run_id": "r1", "started_at": "2026-01-01T00:00:00+00:00", "config": {}})
 
     assert reads and not any(every_column for _, every_column, _ in reads)
     assert not any(columns & {"prompt_sent", "policy", "reward_model", "scored_tokens", "prompt_tokens"} for columns, _, _ in reads)
     quoted = [rows for columns, _, rows in reads if columns & {"prompt", "response"}]
     assert quoted == [2, 2]  # per language, the two samples of its first prompt
     assert "**en / p0**" in report and "**da / p0**" in report
+
+
+def test_every_run_has_its_own_report_naming_it_and_the_newest_is_also_where_a_person_looks_first(tmp_path, tiny_models, prompts_file):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], generate={"num_samples": 3})
+    first, second = run(cfg), run(cfg)  # the second one is all cache hits
+    reports = {result["run_id"]: Path(result["report"]) for result in (first, second)}
+    assert len(set(reports.values())) == 2
+    for run_id, report in reports.items():
+        text = report.read_text()
+        assert report.parent.name == run_id and f"Run `{run_id}`, started 20" in text and "+00:00" in text
+        assert "Languages: en, da." in text and f"policy `{tiny_models['policy']}`" in text and "`generate.num_samples=3`" in text
+    front = Path(cfg.storage.root) / "runs" / cfg.name / "report.md"
+    assert f"Run `{second['run_id']}`" in front.read_text()
+    for report in (*reports.values(), front):
+        links = re.findall(r"\]\(([^)]+)\)", report.read_text())
+        assert any(link.startswith("../") for link in links) and any("rewards.png" in link for link in links)
+        assert [link for link in links if not (report.parent / link).is_file()] == []
+
+    storage = Storage(cfg.storage.root)  # a newer run of this config that finished first keeps its report in front
+    runs.write(storage, {**runs.records(storage)[0], "run_id": "newer", "started_at": runs.timestamp(runs.utc_now() + timedelta(hours=1))})
+    third = run(cfg)
+    assert Path(third["report"]).is_file() and f"Run `{second['run_id']}`" in front.read_text()

@@ -157,26 +157,6 @@ def test_a_resume_keeps_only_the_work_made_from_the_same_inputs(tmp_path, caplog
     assert "the local work folder" in caplog.text
 
 
-def test_gc_keeps_what_the_newest_runs_used_and_work_in_progress(tmp_path):
-    storage = Storage(str(tmp_path / "store"))
-    old, kept = committed_version(tmp_path, "old"), committed_version(tmp_path, "new")
-    partial = storage.version("generate", "da", "partial")
-    partial.write_shard("00000", [sample(0)], SAMPLE)
-    theirs = committed_version(tmp_path, "theirs")
-    runs = (("r0", "x", "2025-12-31T00:00:00", theirs), ("r1", "x", "2026-01-01T00:00:00", old), ("r2", "x", "2026-01-02T00:00:00", kept))
-    for run_id, name, started, version in (*runs, ("o1", "other", "2025-01-01T00:00:00", theirs)):
-        storage.write_run({"run_id": run_id, "name": name, "started_at": started, "status": "completed", "languages": ["en"], "versions": {"generate/en": version.relative}})
-    would_delete, would_keep = storage.gc("x", keep=1, dry_run=True)
-    assert would_delete == ["generate/en/old"] and sorted(would_keep) == ["generate/da/partial", "generate/en/new", "generate/en/theirs"]
-    assert old.committed()
-    deleted, _ = storage.gc("x", keep=1)
-    assert deleted == ["generate/en/old"]  # "theirs" stays: another config's run used it
-    assert not old.committed() and kept.committed() and theirs.committed() and partial.finished_shards()
-    assert sorted(r["run_id"] for r in storage.runs()) == ["o1", "r2"]
-    with pytest.raises(CrocoError, match="--keep must be at least 1"):
-        storage.gc("x", keep=0)
-
-
 def test_a_remote_adapter_is_copied_once_per_content_and_a_concurrent_copy_is_used(tmp_path, monkeypatch):
     storage = Storage(f"memory://{tmp_path.name}")  # not a local folder: copied like one on S3
     version = storage.version("dpo", "all", "k", writing=True)

@@ -3,6 +3,7 @@
 import datasets
 import pytest
 
+from croco import runs
 from croco.caching import result_storage
 from croco.records import SAMPLE
 from croco.storage import Storage
@@ -65,7 +66,7 @@ def test_a_pipeline_on_s3_reruns_from_cache_and_reads_an_old_version_back(tmp_pa
     dpo = version(cfg, "dpo/all").manifest()
     assert "adapter/adapter_model.safetensors" in dpo["files"]
     assert set(dpo["file_version_ids"]) == set(dpo["files"]) and all(dpo["file_version_ids"].values())
-    run = storage.runs()[0]
+    run = runs.records(storage)[0]
     assert run["manifest_version_ids"]["generate/en"] == version(changed, "generate/en").manifest_version_id()
     secret = s3_env["AWS_SECRET_ACCESS_KEY"]
     for path in storage.fs.find(storage.root):

@@ -29,8 +29,8 @@ EPILOG = """examples:
   croco plan configs/demo.yaml                     what is cached and what would run, per stage and language
   croco generate configs/demo.yaml                 one stage (and the finished work it reads)
   croco judge configs/demo.yaml judge.ties=win     recount the arena tables from the stored judgments
-  croco runs configs/demo.yaml                     the runs kept in the config's storage
-  croco gc configs/demo.yaml --keep 3              delete versions that none of the 3 newest runs used
+  croco runs configs/demo.yaml                     the runs kept in the config's storage, and which are still going
+  croco gc configs/demo.yaml --keep 3 --dry-run    what gc would delete, keeping the 3 newest completed runs
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
 """
 
@@ -59,12 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print, per stage and language, what is cached and what would run")
     with_config(plan)
     plan.add_argument("--notify", action="store_true", help="emit the Prefect event croco.config.languages-added if the config has new languages")
-    runs = commands.add_parser("runs", help="list the runs recorded in the config's storage, newest first")
+    runs = commands.add_parser("runs", help="list the runs recorded in the config's storage, newest first: running, completed, failed, or died")
     with_config(runs)
-    gc = commands.add_parser("gc", help="delete stage versions that none of this config's newest runs (nor another config's runs) used")
+    gc = commands.add_parser(
+        "gc",
+        help="delete this config's runs older than its N newest completed runs, and the versions only they used",
+        description="Delete the run records of this config that started before its N newest completed runs, and the committed "
+        "versions that no kept run used. Kept: every run from the N-th newest completed one on (a newer failed or died run "
+        "too: its finished units are its rerun's cache hits), every run still going (its heartbeat is fresh) wherever it "
+        "runs, every run of another config in the storage, and versions without a manifest (work in progress).",
+    )
     with_config(gc)
-    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep every version the N newest runs of this config used (N >= 1)")
-    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest completed runs of this config and every version they used (N >= 1)")
+    gc.add_argument("--dry-run", action="store_true", help="only list the versions and run records that would be deleted")
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -207,18 +214,18 @@ def _start_temporary_server() -> None:
 
 
 def _inspect(args: argparse.Namespace, cfg) -> int:
+    from croco import runs
     from croco.storage import storage_of
 
     storage = storage_of(cfg)
     if args.command == "plan":
-        from croco.flows.execute import last_languages
         from croco.plan import build_plan, describe
 
         rows = describe(build_plan(cfg), storage)
         width = max(len(r["unit"]) for r in rows)
         for row in rows:
             print(f"{row['unit']:{width}}  {row['state']:28}  {row['version']}")
-        before = last_languages(storage, cfg.name)
+        before = runs.last_languages(storage, cfg.name)
         new = [code for code in cfg.languages if before is not None and code not in before]
         if new:
             print(f"new languages since the last run of {cfg.name}: {', '.join(new)}")
@@ -228,14 +235,14 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
                 languages_added(cfg, args.config, new)
         return 0
     if args.command == "runs":
-        for run in storage.runs():
-            print(f"{run['run_id']}  {run['name']:12} {run['status']:9} {','.join(run['languages']):20} {len(run['versions'])} versions")
+        for run in runs.records(storage):
+            print(f"{run['run_id']}  {run['name']:12} {runs.state(run):9} {','.join(run['languages']):20} {len(run['versions'])} versions")
         return 0
-    deleted, kept = storage.gc(cfg.name, args.keep, dry_run=args.dry_run)
+    collected = runs.gc(storage, cfg.name, args.keep, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    for path in deleted:
+    for path in collected.versions + collected.records:
         print(f"{verb} {path}")
-    print(f"{verb} {len(deleted)} versions; kept {len(kept)}")
+    print(f"{verb} {len(collected.versions)} versions and {len(collected.records)} run records; kept {len(collected.kept)} versions")
     return 0
 
 

@@ -297,7 +297,7 @@ class RetryConfig(_Section):
 
 class CrocoConfig(_Section):
     name: str = Field(
-        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the report goes to `<storage.root>/runs/<name>/`; `croco gc` and `croco runs` go by it."
+        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: each run's report goes to `<storage.root>/runs/<name>/<run_id>/`, the newest completed one's also to `runs/<name>/report.md`; `croco gc` and `croco runs` go by it."
     )
     storage: StorageConfig = StorageConfig()
     retries: dict[str, RetryConfig] = Field(

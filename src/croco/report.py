@@ -1,4 +1,5 @@
-"""The run report: a Markdown page and plots in `<root>/runs/<name>/`, built from the stage versions.
+"""The run report: a Markdown page and plots per run in `<root>/runs/<name>/<run_id>/`, built from the stage
+versions; the newest completed run's page is copied to `<root>/runs/<name>/report.md`, where a person looks first.
 
 It is also published as a Prefect artifact of the flow run, so the UI's run page shows it.
 """
@@ -6,29 +7,45 @@ It is also published as a Prefect artifact of the flow run, so the UI's run page
 from __future__ import annotations
 
 import io
+import json
+import posixpath
+import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from croco.config import CrocoConfig
+from croco.fileio import stable_hash
 from croco.plan import Plan
 from croco.records import SAMPLE, SAMPLE_KEY, SCORE
+from croco.redaction import redact_value
 from croco.storage import Storage, Version
 from croco.summaries import summary_line
 
 REPORT_FILE = "report.md"
 REWARD_PLOT = "rewards.png"
+# Settings the report's header names on their own; every other one is listed where it differs from its default.
+NAMED_SETTINGS = ("name", "storage", "languages", "models")
+# The target of a relative Markdown link or image: a file of the run's folder or, with ../, a version's file.
+RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|/|#)([^)\s]+)(\))")
 
 
-def run_folder(storage: Storage, cfg: CrocoConfig) -> str:
+def report_folder(storage: Storage, cfg: CrocoConfig) -> str:
+    """Where a person looks first: the config's folder, with a copy of its newest completed run's report."""
     return f"{storage.root}/runs/{cfg.name}"
 
 
-def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict[str, dict], sections: dict[str, str]) -> tuple[str, str]:
-    """(report path, Markdown); `sections` are titled tables computed by the flow (arena win rates, EuroEval)."""
-    folder = run_folder(storage, cfg)
-    up = "../../"  # from runs/<name>/ back to the storage root, where the versions are
-    lines = [f"# croco run `{cfg.name}`", "", f"Storage: `{storage.uri}`", "", "## Stages", ""]
+def run_folder(storage: Storage, cfg: CrocoConfig, run_id: str) -> str:
+    """One run's report, plots and tables: concurrent runs of one config each write their own."""
+    return f"{report_folder(storage, cfg)}/{run_id}"
+
+
+def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict[str, dict], sections: dict[str, str], run: dict) -> tuple[str, str]:
+    """(report path, Markdown) of run record `run`; `sections` are titled tables computed by the flow (arena win
+    rates, EuroEval), their links relative to the run's folder."""
+    folder = run_folder(storage, cfg, run["run_id"])
+    up = "../../../"  # from runs/<name>/<run_id>/ back to the storage root, where the versions are
+    lines = [f"# croco run `{cfg.name}`", "", *_header(cfg, storage, run), "", "## Stages", ""]
     lines += [f"- {summary_line(unit, manifests[unit.id])}" for unit in plan.units]
     lines += [f"- {unit_id}: skipped, {why}" for unit_id, why in plan.skipped.items()]
     # Only the columns shown, and texts only for the samples quoted: a run may hold 100 million samples.
@@ -54,6 +71,37 @@ def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict
     text = "\n".join(lines) + "\n"
     storage.put(f"{folder}/{REPORT_FILE}", text.encode())
     return storage.uri_of(f"{folder}/{REPORT_FILE}"), text
+
+
+def show_as_newest(storage: Storage, cfg: CrocoConfig, run_id: str, text: str) -> str:
+    """Copy a run's report to the config's folder, its links made relative to there; the copy's path."""
+    relocated = RELATIVE_LINK.sub(lambda link: link[1] + posixpath.normpath(f"{run_id}/{link[2]}") + link[3], text)
+    path = f"{report_folder(storage, cfg)}/{REPORT_FILE}"
+    storage.put(path, relocated.encode())
+    return storage.uri_of(path)
+
+
+def _header(cfg: CrocoConfig, storage: Storage, run: dict) -> list[str]:
+    """Which run this is and what it ran: its id, start, languages, models, and the settings that differ from the defaults."""
+    models = ", ".join(f"{role} `{model.path}{'@' + model.revision if model.revision else ''}`" for role, model in cfg.models if model)
+    changed = {key: value for key, value in cfg.model_dump(mode="json", exclude_defaults=True).items() if key not in NAMED_SETTINGS}
+    settings = ", ".join(f"`{key}={value if isinstance(value, str) else json.dumps(value)}`" for key, value in _flatten(redact_value(changed)))
+    return [
+        f"Run `{run['run_id']}`, started {run['started_at']}, storage `{storage.uri}`.",
+        "",
+        f"Languages: {', '.join(cfg.languages)}. Models: {models}.",
+        "",
+        f"Config digest `{stable_hash(run['config'])}`; settings other than the defaults: {settings or 'none'}.",
+    ]
+
+
+def _flatten(value: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf; lists are leaves."""
+    for key, item in value.items():
+        if isinstance(item, dict):
+            yield from _flatten(item, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", item
 
 
 def _training_section(stage: str, manifest: dict, files: str) -> list[str]:

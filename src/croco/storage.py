@@ -9,7 +9,7 @@ Every stage output is an immutable, content-addressed version:
         files/...                         other outputs: adapters, plots, tables
         started.json                      the digests of the inputs the work was started from
         manifest.json                     written last: the commit marker, with the size and sha256 of every file
-    <root>/runs/<run_id>.json             the version of every stage a run used
+    <root>/runs/                          run records and reports (croco.runs, croco.report)
 
 A shard counts as finished only when its index entry exists and the shard matches it, so a
 killed task resumes from its finished shards and a truncated or corrupt shard is redone; it
@@ -88,42 +88,6 @@ class Storage:
             if not relative.startswith(("runs/", "_")) and self.fs.isdir(manifest_or_dir):
                 found.append(Version(self, manifest_or_dir))
         return found
-
-    # Run records -------------------------------------------------------------------------------
-
-    def write_run(self, record: dict[str, Any]) -> str:
-        path = f"{self.root}/runs/{record['run_id']}.json"
-        self.put(path, json.dumps(record, indent=2, sort_keys=True).encode())
-        return path
-
-    def runs(self) -> list[dict[str, Any]]:
-        """Run records, newest first."""
-        paths = self.fs.glob(f"{self.root}/runs/*.json")
-        records = [json.loads(self.fs.cat_file(p)) for p in paths]
-        return sorted(records, key=lambda r: r["started_at"], reverse=True)
-
-    def gc(self, name: str, keep: int, dry_run: bool = False) -> tuple[list[str], list[str]]:
-        """Delete committed versions that neither the `keep` newest runs of config `name` nor any run of another
-        config used, and the older run records of `name`; (deleted, kept) paths. Uncommitted versions are work
-        in progress (a running or killed task resumes from them): kept."""
-        if keep < 1:
-            raise CrocoError(f"--keep must be at least 1 (got {keep}): the newest run's versions are always kept")
-        runs = [run for run in self.runs() if run["name"] == name]
-        others = [run for run in self.runs() if run["name"] != name]
-        referenced = {path for run in runs[:keep] + others for path in run["versions"].values()}
-        deleted, kept = [], []
-        for version in self.versions():
-            relative = version.relative
-            if relative in referenced or not version.committed():
-                kept.append(relative)
-                continue
-            deleted.append(relative)
-            if not dry_run:
-                version.remove()
-        if not dry_run:
-            for run in runs[keep:]:
-                self.fs.rm(f"{self.root}/runs/{run['run_id']}.json")
-        return deleted, kept
 
     # Bytes ---------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from croco import runs
 from croco.storage import Storage
 
 from conftest import REPO, background, free_port, make_config, prompt_record, save_config, version, write_jsonl
@@ -101,8 +102,8 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
         assert notify.returncode == 0 and "new languages since the last run of deployed: ga" in notify.stdout, notify.stderr
         [languages_run] = wait_for_completed(prefect_api, "croco-languages/croco-languages", 1)
         assert languages_run.parameters["config"] == str(config)
-    runs = Storage(cfg.storage.root).runs()
-    assert runs[0]["languages"] == ["en", "da", "ga"] and runs[0]["status"] == "completed"
+    [newest, *_] = runs.records(Storage(cfg.storage.root))
+    assert newest["languages"] == ["en", "da", "ga"] and newest["status"] == "completed"
     assert version(with_ga, "generate/ga").committed()
     assert version(with_ga, "generate/en").manifest()["committed_at"] == version(cfg, "generate/en").manifest()["committed_at"]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from croco import runs
 from croco.plan import build_plan, describe
 from croco.records import SAMPLE
 from croco.storage import Storage, storage_of
@@ -31,8 +32,8 @@ def test_a_rerun_of_a_finished_config_is_all_cache_hits(tmp_path, tiny_models, p
     assert ran(first) == set(first["cached"]) == {"prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all", "sft/all", "dpo/all"}
     second = run(cfg)
     assert ran(second) == set() and second["versions"] == first["versions"]
-    runs = Storage(cfg.storage.root).runs()
-    assert [r["status"] for r in runs] == ["completed", "completed"] and runs[0]["versions"]["generate/en"] == version(cfg, "generate/en").relative
+    records = runs.records(Storage(cfg.storage.root))
+    assert [r["status"] for r in records] == ["completed", "completed"] and records[0]["versions"]["generate/en"] == version(cfg, "generate/en").relative
 
 
 def test_a_new_language_costs_only_its_own_work(tmp_path, tiny_models, three_languages):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from croco import runs
 from croco.config import ModelConfig
 from croco.errors import CrocoError
 from croco.plan import build_plan, describe
@@ -212,7 +213,7 @@ def test_api_keys_reach_euroeval_only_through_its_environment_and_nowhere_else(t
     log = (Path(result["versions"]["euroeval/da/policy"]) / "files" / euroeval.LOG_FILE).read_text()
     assert "with API key ***" in log
     # The language EuroEval has no datasets in is a counted skip, in the run record and the report.
-    record = Storage(cfg.storage.root).runs()[0]
+    record = runs.records(Storage(cfg.storage.root))[0]
     assert record["skipped"] == {"euroeval/ga": "EuroEval has no datasets in Irish (ga)"}
     assert "- euroeval/ga: skipped, EuroEval has no datasets in Irish (ga)" in Path(result["report"]).read_text()
 

@@ -20,7 +20,6 @@ from croco.engines import load_scorer
 from croco.plan import build_plan
 from croco.records import ARENA_ANSWER, BATTLE_SKIPPED, JUDGMENT
 from croco.summaries import summary_line
-from croco.storage import Storage
 from croco.arena_stats import summarize
 from croco.tasks.judge import JUDGMENTS_PER_SHARD, results, results_table
 
@@ -46,8 +45,9 @@ def judge_config(tmp_path, tiny_models, other_model, prompts_file, arena_file, j
     )
 
 
-def results_folder(cfg) -> Path:
-    return Path(Storage(cfg.storage.root).root) / "runs" / cfg.name
+def results_folder(result: dict) -> Path:
+    """The run's own folder: its report and the judge's tables."""
+    return Path(result["report"]).parent
 
 
 def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_judge_is_flagged(tmp_path, tiny_models, smollm_dir, prompts_file, arena_file, caplog):
@@ -69,7 +69,7 @@ def test_reward_judge_verdicts_follow_each_answers_own_reward_and_a_circular_jud
         assert (stored["model_reward"], stored["baseline_reward"]) == pytest.approx((alone[0].reward, alone[1].reward), abs=1e-4)
         assert stored["model_reward"] != stored["baseline_reward"]
         assert j["outcome"] == ("win" if stored["model_reward"] > stored["baseline_reward"] else "loss")
-    folder = results_folder(cfg)
+    folder = results_folder(result)
     rows = json.loads((folder / "judge_results.json").read_text())
     overall = next(r for r in rows if (r["model"], r["language"], r["subcategory"]) == ("smollm", "all", "all"))
     assert overall["judgments"] == 8 and overall["wins"] == sum(j["outcome"] == "win" for j in judgments) and overall["ties"] == 0
@@ -208,7 +208,7 @@ def test_killed_judging_resumes_without_asking_again(tmp_path, tiny_models, prom
     result = run(retallied, stages=["judge"])
     assert result["cached"]["judge/en/other"] is True and result["versions"]["judge/en/other"] == out.uri
     assert CountingGenerator.calls == 0
-    assert "ties count as loss" in (results_folder(cfg) / "judge_results.md").read_text()
+    assert "ties count as loss" in (results_folder(result) / "judge_results.md").read_text()
 
 
 def test_adding_a_model_judges_only_that_model_and_the_tables_read_every_model(tmp_path, tiny_models, prompts_file, arena_file):
@@ -225,5 +225,5 @@ def test_adding_a_model_judges_only_that_model_and_the_tables_read_every_model(t
     result = run(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"models": models})}), stages=["judge"])
     judged = {unit: cached for unit, cached in result["cached"].items() if unit.startswith("judge/")}
     assert judged == {"judge/en/first": True, "judge/da/first": True, "judge/en/second": False, "judge/da/second": False}
-    rows = json.loads((results_folder(cfg) / "judge_results.json").read_text())
+    rows = json.loads((results_folder(result) / "judge_results.json").read_text())
     assert {(r["model"], r["language"]) for r in rows if r["subcategory"] == "all"} >= {(m, lang) for m in ("first", "second") for lang in ("en", "da")}
