@@ -87,10 +87,17 @@ def prompts(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versio
             kept[key] = record
 
     records = sorted(_subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped), key=lambda r: r["prompt_id"])
+    # Written before the check below: when every record was rejected, their reasons are what the user needs.
+    out.put_file(REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects).encode())
     if not records:
         paths = ", ".join(s.path for s in sources_for(cfg, unit.language)) or "no source (every data.sources entry names another language)"
+        if rejects:
+            first = rejects[0]
+            raise CrocoError(
+                f"no valid prompts in language {unit.language!r} in {paths}: {len(rejects)} rejected, the first at {first['location']}: "
+                f"{first['reason']}; fix the records (every reason is in {out.file_uri(REJECTS_FILE)})"
+            )
         raise CrocoError(f"no prompts in language {unit.language!r} in {paths}; add a source for it or remove it from languages")
-    out.put_file(REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects).encode())
     out.write_shard("00000", records, PROMPT)
     return {"records_in": records_in, "records_out": len(records), "skipped": dict(skipped)}
 
@@ -119,7 +126,9 @@ def _validate(raw: Any, source: DataSource, cfg: CrocoConfig, location: str) -> 
     if language not in LANGUAGES:
         raise InvalidRecord(f"unknown language code {language!r}")
     messages = raw.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if messages is not None and not isinstance(messages, list):
+        raise InvalidRecord(f"'messages' must be a list of {{role, content}} objects, got {type(messages).__name__}")
+    if not messages:
         raise InvalidRecord("missing or empty 'messages' list")
     for turn, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:

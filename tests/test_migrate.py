@@ -92,9 +92,7 @@ def test_prompt_source_and_target_options(tmp_path, original_layout):
     ("line", "message"),
     [
         ("{broken", "line 2: expected"),
-        (json.dumps({"messages": [{"role": "user", "content": "Name a fruit."}]}), "line 2: expected"),
-        (json.dumps(scored_line("Name a fruit.", "x", "high")), "line 2: reward_score is missing or not a number"),
-        (json.dumps(scored_line("Name a fruit.", "x", None)), "line 2: reward_score is missing or not a number"),
+        (json.dumps({"reward_score": 1.0}), "line 2: expected"),
     ],
 )
 def test_malformed_scored_lines_name_file_and_line(tmp_path, original_layout, line, message):
@@ -111,6 +109,26 @@ def test_non_finite_rewards_are_counted_not_paired(tmp_path, original_layout):
     report = migrate([scored], originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
     assert report["rejected_samples"] == {"scored_en.jsonl/non_finite_reward": 2}
     assert [r["rejected"][0]["content"] for r in read(tmp_path / "o" / "dpo_in_language.jsonl")] == ["d"]
+
+
+def test_missing_and_non_numeric_rewards_are_counted_by_reason_like_nan(tmp_path, original_layout, caplog):
+    _, originals = original_layout
+    no_reward = {"messages": scored_line("Name a fruit.", "e", 0)["messages"]}
+    lines = [
+        scored_line("Name a fruit.", "a", 1.0), scored_line("Name a fruit.", "b", "high"), no_reward,
+        scored_line("Name a fruit.", "c", None), scored_line("Name a fruit.", "d", True), scored_line("Name a fruit.", "f", float("nan")),
+        scored_line("Name a fruit.", "g", 0.0),
+    ]
+    scored = write_jsonl(tmp_path / "scored_en.jsonl", lines)
+    caplog.set_level("INFO", logger="croco")
+    assert main(["pair", "--scored", str(scored), "--originals", *map(str, originals), "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert report["rejected_samples"] == {
+        "scored_en.jsonl/reward_not_a_number": 2, "scored_en.jsonl/reward_missing": 2, "scored_en.jsonl/non_finite_reward": 1,
+    }
+    assert report["records_in"] == 7 and "not used: scored_en.jsonl/reward_missing: 2" in caplog.text
+    # sample indices follow file order, counted lines included
+    assert [(r["chosen_sample_index"], r["rejected_sample_index"]) for r in read(tmp_path / "o" / "dpo_in_language.jsonl")] == [(0, 6)]
 
 
 def test_language_comes_from_the_file_name(tmp_path):

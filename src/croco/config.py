@@ -118,6 +118,12 @@ class GenerateConfig(_Section):
     engine: EngineConfig = Field(EngineConfig(), description="Engine that samples the answers.")
     num_samples: int = Field(64, gt=0, description="Answers sampled per prompt.")
     max_new_tokens: int = Field(4096, gt=0, description="Longest answer, in tokens.")
+    max_prompt_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Longest prompt sent, in tokens as the policy's chat template renders it; longer prompts are skipped and "
+        "counted (`prompt_too_long`), never generated. Default: the policy's context (`max_position_embeddings`) minus `max_new_tokens`.",
+    )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     respond_in_language: bool = Field(

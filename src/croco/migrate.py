@@ -9,8 +9,8 @@ The language comes from each file's name, as a code or an English name (`train_d
 
 Samples are matched to their prompt by the user message, with the optional "Please respond
 in ..." instruction recognised (the original code lost such samples silently). A sample
-that matches no prompt, a non-finite reward, or the original's -999.0 failure marker is
-counted and reported, never paired. Within a language, samples keep their file order
+that matches no prompt, a reward that is missing (or null), not a number or not finite, or
+the original's -999.0 failure marker is counted by reason and reported, never paired. Within a language, samples keep their file order
 (ties go to the earlier line); across languages, the order of the --scored files.
 
     croco pair --scored scored_da.jsonl scored_en.jsonl --originals da.jsonl en.jsonl --out pairs/
@@ -165,7 +165,7 @@ def _user_and_reward(line: str) -> tuple[str, object]:
         except (ValueError, IndexError):
             pass
     record = json.loads(line)
-    return record["messages"][0]["content"], record["reward_score"]
+    return record["messages"][0]["content"], record.get("reward_score")  # a missing reward is counted, like a null one
 
 
 def _read_scored(path: Path, language: str, originals: Path) -> ScoredFile:
@@ -184,13 +184,15 @@ def _read_scored(path: Path, language: str, originals: Path) -> ScoredFile:
                 user, score = _user_and_reward(decode_text(line, str(path), number, start))
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                 raise CrocoError(f"{path} line {number}: expected {{\"messages\": [user, assistant], \"reward_score\": number}}") from None
-            if score is None or isinstance(score, bool) or not isinstance(score, (int, float)):
-                raise CrocoError(f"{path} line {number}: reward_score is missing or not a number ({score!r})")
             line_number = prompt_lines.get(user)
             if line_number is None:
                 line_number = prompt_lines.get(_INSTRUCTION.sub("", user))
             if line_number is None:
                 rejected["prompt_not_in_originals"] += 1
+            elif score is None:
+                rejected["reward_missing"] += 1
+            elif isinstance(score, bool) or not isinstance(score, (int, float)):
+                rejected["reward_not_a_number"] += 1
             elif not math.isfinite(score):
                 rejected["non_finite_reward"] += 1
             elif score == FAILED_SCORE:

@@ -93,6 +93,20 @@ def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bo
 
 
 @functools.lru_cache(maxsize=None)
+def _context_length(path: str, revision: str | None, trust_remote_code: bool) -> int | None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(path), revision=revision, trust_remote_code=trust_remote_code)
+    return getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
+
+
+def context_length(model: ModelConfig) -> int | None:
+    """The tokens, prompt and answer together, that the model's config.json says it attends over (`max_position_embeddings`,
+    of the text decoder in a multimodal config); None where it names none. Read once per process, without the weights."""
+    return _context_length(model.path, model.revision, model.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=None)
 def _chat_template_sha256(path: str, revision: str | None, trust_remote_code: bool) -> str:
     """Read once per process: a plan asks for the same model's identity once per unit."""
     tokenizer = load_tokenizer(ModelConfig(path=path, revision=revision, trust_remote_code=trust_remote_code))

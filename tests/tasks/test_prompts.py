@@ -75,6 +75,7 @@ BAD = [
     ("{not json", "line 2: not valid JSON"),
     (json.dumps({"language": "en", "messages": [{"role": "user", "content": "x"}]}), "line 2: missing or empty prompt id field 'prompt_id'"),
     (json.dumps({"prompt_id": "b", "language": "en"}), "line 2: missing or empty 'messages' list"),
+    (json.dumps({"prompt_id": "b", "language": "en", "messages": "Hi"}), "line 2: 'messages' must be a list of {role, content} objects, got str"),
     (json.dumps({"prompt_id": "b", "language": "en", "messages": [{"role": "assistant", "content": "x"}]}), "line 2: no user message"),
     (json.dumps({"prompt_id": "b", "language": "en", "messages": [{"role": "user", "content": "  "}]}), "line 2: message 0 has empty or non-string content"),
     (json.dumps({"prompt_id": "b", "language": "en", "messages": [{"role": "user", "content": 7}]}), "line 2: message 0 has empty or non-string content"),
@@ -102,6 +103,19 @@ def test_bad_record_is_rejected_with_its_reason_when_asked(tmp_path, tiny_models
     rejects_file = Path(versions["en"].path) / "files" / REJECTS_FILE
     rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
     assert len(rejects) == 1 and f"{rejects[0]['location']}: {rejects[0]['reason']}".startswith(f"{path} {message}")
+
+
+def test_when_every_record_is_rejected_the_error_counts_them_and_the_reasons_are_kept(tmp_path, tiny_models):
+    lines = [json.dumps({"prompt_id": "a", "language": "en", "messages": "Hi"}), json.dumps({"prompt_id": "b", "language": "en", "messages": {"role": "user"}})]
+    path = write_jsonl(tmp_path / "p.jsonl", lines)
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"], data={"on_invalid": "reject"})
+    rejects_file = Path(version(cfg, "prompts/en").path) / "files" / REJECTS_FILE
+    with pytest.raises(CrocoError) as error:
+        run(cfg, stages=["prompts"])
+    assert str(error.value).startswith(f"no valid prompts in language 'en' in {path}: 2 rejected, the first at {path} line 1: 'messages' must be a list")
+    assert str(rejects_file) in str(error.value)
+    rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
+    assert [r["location"] for r in rejects] == [f"{path} line 1", f"{path} line 2"] and all("got" in r["reason"] for r in rejects)
 
 
 def test_missing_file_and_wrong_format(tmp_path, tiny_models):
