@@ -4,6 +4,7 @@ import math
 
 import pytest
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from croco.cli import main
@@ -40,6 +41,8 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
         assert f"](../../{trained.relative}/files/{manifest['plots'][0]})" in report  # the report's image links resolve
         base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest["settings"]["base"]["path"]))
         PeftModel.from_pretrained(base, files / "adapter")  # the adapter loads again
+        trained_b = [w for name, w in load_file(files / "adapter" / "adapter_model.safetensors").items() if "lora_B" in name]
+        assert any(w.any() for w in trained_b) and manifest["warnings"] == []  # moved from its initialisation, where B is 0
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
     assert sorted({a["model"] for a in answers}) == ["dpo", "policy", "sft"] and len(answers) == 3 * 2 * 3
     assert "## Arena win rates" in report and "| sft | ga | all |" in report and "| dpo | all | all |" in report

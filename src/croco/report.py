@@ -115,6 +115,8 @@ def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
     ]
     if evaluated:
         lines += ["", f"Held out: {evaluated}."]
+    for warning in manifest.get("warnings", []):  # shown before the curves, which look the same either way
+        lines += ["", f"**Warning: {warning}.**"]
     lines += ["", f"Adapter: `{manifest['adapter']}`", ""]
     lines += [f"![{plot}]({files}{plot})" for plot in manifest["plots"]]
     return lines

@@ -19,7 +19,7 @@ def summary_line(unit: Unit, manifest: dict[str, Any]) -> str:
     rates = manifest.get("throughput") or {}
     if rates:
         line += f", {rates['samples_per_s']:.2f} samples/s, {rates['tokens_per_s']:.1f} tokens/s"
-    return line
+    return line + "".join(f"; warning: {warning}" for warning in manifest.get("warnings", []))
 
 
 def artifact_key(*parts: str) -> str:
@@ -42,6 +42,7 @@ def publish_summary(unit: Unit, manifest: dict[str, Any]) -> None:
     skipped = manifest.get("skipped") or {}
     lines = [f"### {unit.id}", "", f"- version: `{manifest['uri']}`", f"- records: {manifest['records_out']} out of {manifest['records_in']} in"]
     lines += [f"- skipped, {reason}: {count}" for reason, count in sorted(skipped.items())]
+    lines += [f"- **warning**: {warning}" for warning in manifest.get("warnings", [])]
     for extra in ("products", "finish_reasons", "reward_stats", "throughput"):
         if manifest.get(extra):
             lines.append(f"- {extra.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[extra].items()))

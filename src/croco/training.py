@@ -6,10 +6,13 @@ TRL does the training; this module only wires the paper's settings into it:
 - a seeded share is held out for evaluation;
 - LoRA on the configured modules; on a GPU bf16, FlashAttention 2 where installed and
   gradient checkpointing; on a CPU full precision, the same code path;
-- checkpoints every `save_steps`: a killed run resumes from the last one;
+- checkpoints every `save_steps`: a killed run resumes from the newest whole one (marked once
+  transformers' save returned; a save cut short is removed), made from the same pairs;
 - training runs in a local work folder keyed by the version (checkpoints stay there until
   the adapter is saved); the version's files/ then receive the adapter with its tokenizer,
-  the resolved config, the metrics history and PNG plots.
+  the resolved config, the metrics history and PNG plots;
+- an adapter that training left at its initialisation (too few optimizer steps for the
+  warm-up) is reported as a warning, in the log, the manifest and the report.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ EXECUTION = {"enabled", "save_steps"}  # training settings that never change the
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+WHOLE_MARKER = "croco-whole"  # written into a checkpoint once transformers has saved all of it
+INPUTS_FILE = "inputs.json"  # beside the checkpoints: the digests of the pairs they were made from
 
 
 def base_model(cfg: CrocoConfig) -> ModelConfig:
@@ -132,6 +137,7 @@ def fit(
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
     folder = out.work_folder()  # checkpoints and outputs before upload
+    keep_checkpoints_of(folder / CHECKPOINT_DIR, {pairs.relative: pairs.manifest()["digest"]})
     (folder / "config.yaml").write_text(yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
@@ -146,12 +152,15 @@ def fit(
         processing_class=tokenizer,
         peft_config=lora(settings),
     )
+    trained = train_and_save(trainer, tokenizer, folder, plots)
+    for warning in trained["warnings"]:
+        log.warning("%s: %s", out.relative, warning)
     return {
         "records_in": len(dataset) + dropped,
         "records_out": len(train),
         "held_out": len(held_out) if held_out is not None else 0,
         "skipped": {"prompt_too_long": dropped} if dropped else {},
-        **train_and_save(trainer, tokenizer, folder, plots),
+        **trained,
     } | upload(folder, out)
 
 
@@ -166,14 +175,47 @@ def upload(folder: Path, out: Version) -> dict[str, Any]:
     return {"adapter": out.file_uri(ADAPTER_DIR)}
 
 
-def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint if a run was killed), then save adapter, metrics and plots."""
+def keep_checkpoints_of(checkpoints: Path, inputs: dict[str, str]) -> None:
+    """Drop checkpoints made from other inputs: the work folder is keyed by the version, and its pairs may have been
+    recomputed with other data since (same key, another digest). Then record the inputs the next ones are made from."""
+    record, made_from = checkpoints / INPUTS_FILE, json.dumps(inputs, sort_keys=True)
+    if checkpoints.is_dir() and not (record.exists() and record.read_text() == made_from):
+        log.warning("removing %s: made from other data than %s holds now", checkpoints, ", ".join(inputs))
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    record.write_text(made_from)
+
+
+def last_whole_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint whose save finished. transformers writes a checkpoint file by file into its final folder,
+    so a run killed mid-save leaves one that looks like the newest and cannot be resumed: it is removed."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    for partial in sorted(p for p in checkpoints.glob("checkpoint-*") if not (p / WHOLE_MARKER).exists()):
+        log.warning("removing %s: its save was cut short", partial)
+        shutil.rmtree(partial)
+    return get_last_checkpoint(str(checkpoints))
+
+
+def mark_whole_checkpoints():
+    """A callback that marks each checkpoint whole; transformers calls on_save after the whole save returned."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class MarkWhole(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / WHOLE_MARKER).touch()
+
+    return MarkWhole()
+
+
+def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> dict[str, Any]:
+    """Train (resuming from the last whole checkpoint if a run was killed), then save adapter, metrics and plots."""
     checkpoints = folder / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_whole_checkpoint(checkpoints)
     if last:
         log.info("%s: resuming from %s", folder.name, last)
+    trainer.add_callback(mark_whole_checkpoints())
     trainer.train(resume_from_checkpoint=last)
     trainer.model.save_pretrained(folder / ADAPTER_DIR)
     tokenizer.save_pretrained(folder / ADAPTER_DIR)
@@ -188,7 +230,20 @@ def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> d
         "final_loss": losses[-1] if losses else None,
         "eval": next(({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}),
         "plots": drawn,
+        "warnings": untrained_warnings(trainer),
     }
+
+
+def untrained_warnings(trainer) -> list[str]:
+    """PEFT starts every LoRA B matrix at zero, so an adapter changes nothing until an update with a learning rate
+    above 0 moves one; with few examples all optimizer steps can fall in the warm-up, where it is 0."""
+    if any(p.any() for name, p in trainer.model.named_parameters() if "lora_B" in name):
+        return []
+    steps, warmup = trainer.state.global_step, trainer.args.get_warmup_steps(trainer.state.max_steps)
+    return [
+        f"the adapter is still its initialisation (it changes nothing): {steps} optimizer step(s), with a warm-up of {warmup} "
+        "step(s) from learning rate 0; train more steps (more pairs or epochs, a smaller gradient_accumulation or warmup_ratio)"
+    ]
 
 
 def plot_metrics(history: list[dict], plots: dict[str, str], folder: Path) -> list[str]:
