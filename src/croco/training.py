@@ -7,7 +7,8 @@ TRL does the training; this module only wires the paper's settings into it:
 - LoRA on the configured modules; on a GPU bf16, FlashAttention 2 where installed and
   gradient checkpointing; on a CPU full precision, the same code path;
 - checkpoints every `save_steps`: a killed run resumes from the newest whole one (marked once
-  transformers' save returned; a save cut short is removed), made from the same pairs;
+  transformers' save returned; a save cut short is removed); Version.start drops a work folder made
+  from other pairs;
 - training runs in a local work folder keyed by the version (checkpoints stay there until
   the adapter is saved); the version's files/ then receive the adapter with its tokenizer,
   the resolved config, the metrics history and PNG plots;
@@ -41,7 +42,6 @@ ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 WHOLE_MARKER = "croco-whole"  # written into a checkpoint once transformers has saved all of it
-INPUTS_FILE = "inputs.json"  # beside the checkpoints: the digests of the pairs they were made from
 
 
 def base_model(cfg: CrocoConfig) -> ModelConfig:
@@ -137,7 +137,6 @@ def fit(
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
     folder = out.work_folder()  # checkpoints and outputs before upload
-    keep_checkpoints_of(folder / CHECKPOINT_DIR, {pairs.relative: pairs.manifest()["digest"]})
     (folder / "config.yaml").write_text(yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True))
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
@@ -173,17 +172,6 @@ def upload(folder: Path, out: Version) -> dict[str, Any]:
             out.put_file(path.name, path.read_bytes())
     shutil.rmtree(folder, ignore_errors=True)
     return {"adapter": out.file_uri(ADAPTER_DIR)}
-
-
-def keep_checkpoints_of(checkpoints: Path, inputs: dict[str, str]) -> None:
-    """Drop checkpoints made from other inputs: the work folder is keyed by the version, and its pairs may have been
-    recomputed with other data since (same key, another digest). Then record the inputs the next ones are made from."""
-    record, made_from = checkpoints / INPUTS_FILE, json.dumps(inputs, sort_keys=True)
-    if checkpoints.is_dir() and not (record.exists() and record.read_text() == made_from):
-        log.warning("removing %s: made from other data than %s holds now", checkpoints, ", ".join(inputs))
-        shutil.rmtree(checkpoints)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    record.write_text(made_from)
 
 
 def last_whole_checkpoint(checkpoints: Path) -> str | None:
