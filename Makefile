@@ -38,7 +38,10 @@ demo: install
 	$(BIN)/croco run configs/demo.yaml
 
 # The EuroEval tests skip (and say why) when its environment cannot be built.
+# ruff first (seconds): the formatter's and linter's settings are in pyproject.toml.
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(MAKE) euroeval-env || echo "EuroEval environment not built; its tests will be skipped"
 	$(BIN)/python -m pytest
 

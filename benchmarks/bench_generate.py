@@ -41,12 +41,20 @@ def baseline(prompts: list[dict], samples: int, max_new_tokens: int, batch_size:
     torch.manual_seed(seed)
     for start in range(0, len(prompts), per_batch):
         chats = [[{"role": "user", "content": p["messages"][0]["content"]}] for p in prompts[start : start + per_batch]]
-        inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            chats, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+        )
         began = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(
-                **inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-                num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id,
+                **inputs,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=samples,
+                pad_token_id=tokenizer.pad_token_id,
             )
         seconds += time.perf_counter() - began
         for row in output[:, inputs["input_ids"].shape[1] :].tolist():
@@ -54,7 +62,9 @@ def baseline(prompts: list[dict], samples: int, max_new_tokens: int, batch_size:
     return tokens, seconds
 
 
-def stage(prompts: list[dict], samples: int, max_new_tokens: int, batch_size: int, seed: int, languages: list[str]) -> dict:
+def stage(
+    prompts: list[dict], samples: int, max_new_tokens: int, batch_size: int, seed: int, languages: list[str]
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/prompts.jsonl"
         with open(path, "w", encoding="utf-8") as handle:
@@ -66,7 +76,11 @@ def stage(prompts: list[dict], samples: int, max_new_tokens: int, batch_size: in
                 "languages": languages,
                 "models": {"policy": {"path": PREFIX + POLICY}, "reward": {"path": "unused"}},
                 "data": {"sources": [{"path": path}]},
-                "generate": {"num_samples": samples, "max_new_tokens": max_new_tokens, "engine": {"batch_size": batch_size}},
+                "generate": {
+                    "num_samples": samples,
+                    "max_new_tokens": max_new_tokens,
+                    "engine": {"batch_size": batch_size},
+                },
             }
         )
         plan = build_plan(cfg, ["generate"])
@@ -93,13 +107,19 @@ def main() -> None:
     for round_ in range(args.rounds):
         tokens, seconds = baseline(prompts, args.samples, args.max_new_tokens, args.batch_size, seed=round_)
         measured = stage(prompts, args.samples, args.max_new_tokens, args.batch_size, round_, languages)
-        print(f"round {round_}: baseline {tokens / seconds:.1f} tokens/s ({tokens} tokens, {seconds:.1f} s); "
-              f"stage {measured['tokens_per_s']:.1f} tokens/s ({measured['seconds']:.1f} s generating, {measured['wall_s']:.1f} s wall)")
+        print(
+            f"round {round_}: baseline {tokens / seconds:.1f} tokens/s ({tokens} tokens, {seconds:.1f} s); "
+            f"stage {measured['tokens_per_s']:.1f} tokens/s ({measured['seconds']:.1f} s generating, {measured['wall_s']:.1f} s wall)"
+        )
         best_baseline = max(best_baseline, tokens / seconds)
         best_stage = max(best_stage, measured["tokens_per_s"])
-    print(f"{len(prompts)} prompts x {args.samples} samples, max {args.max_new_tokens} new tokens, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"best baseline {best_baseline:.1f} tokens/s, best stage {best_stage:.1f} tokens/s, ratio {best_stage / best_baseline:.2f}")
+    print(
+        f"{len(prompts)} prompts x {args.samples} samples, max {args.max_new_tokens} new tokens, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"best baseline {best_baseline:.1f} tokens/s, best stage {best_stage:.1f} tokens/s, ratio {best_stage / best_baseline:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def timed(label: str, work) -> float:
 
 def croco_run(config: Path, overrides: list[str], env: dict) -> float:
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "croco.cli", "run", str(config), *overrides], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "croco.cli", "run", str(config), *overrides], env=env, check=True, capture_output=True
+    )
     return time.perf_counter() - began
 
 
@@ -59,24 +61,43 @@ def main() -> None:
     config = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "configs" / "demo.yaml"
     overrides = sys.argv[2:]
     with tempfile.TemporaryDirectory() as tmp:
-        load_config(config, overrides).models  # validates before any timing
+        load_config(config, overrides)  # validates before any timing
         # Both sides find the models built, converted and in the page cache: a small run loads them all first.
-        warm = ["generate.num_samples=1", "generate.max_new_tokens=4", "sft.enabled=false", "dpo.enabled=false", "arena.enabled=false"]
+        warm = [
+            "generate.num_samples=1",
+            "generate.max_new_tokens=4",
+            "sft.enabled=false",
+            "dpo.enabled=false",
+            "arena.enabled=false",
+        ]
         timed("warm-up (not compared)", lambda: direct(config, [*overrides, *warm, f"storage.root={tmp}/warm"]))
-        plain = timed("stage functions called directly", lambda: direct(config, [*overrides, f"storage.root={tmp}/direct"]))
+        plain = timed(
+            "stage functions called directly", lambda: direct(config, [*overrides, f"storage.root={tmp}/direct"])
+        )
         timed("temporary Prefect server start (first flow in a process)", warm_up)
-        flowed = timed("pipeline flow", lambda: pipeline(config=str(config), overrides=[*overrides, f"storage.root={tmp}/flow"]))
+        flowed = timed(
+            "pipeline flow", lambda: pipeline(config=str(config), overrides=[*overrides, f"storage.root={tmp}/flow"])
+        )
         print(f"flow / direct: {flowed / plain:.3f} (target <= 1.10)")
         cached = [*overrides, f"storage.root={tmp}/flow"]
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        print(f"cached rerun, `croco run` in a new process, no server configured: {croco_run(config, cached, env):.1f} s (target <= 20)")
+        print(
+            f"cached rerun, `croco run` in a new process, no server configured: {croco_run(config, cached, env):.1f} s (target <= 20)"
+        )
         port = "4299"
-        server = subprocess.Popen(["bash", str(REPO / "infra" / "prefect-server.sh"), port], env={**env, "PREFECT_HOME": f"{tmp}/prefect-home",
-                                  "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            ["bash", str(REPO / "infra" / "prefect-server.sh"), port],
+            env={**env, "PREFECT_HOME": f"{tmp}/prefect-home", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_until_up(f"http://127.0.0.1:{port}/api/health")
             served = croco_run(config, cached, {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
-            print(f"cached rerun, `croco run` in a new process, long-running local server: {served:.1f} s (target <= 20)")
+            print(
+                f"cached rerun, `croco run` in a new process, long-running local server: {served:.1f} s (target <= 20)"
+            )
         finally:
             os.killpg(server.pid, 15)
 

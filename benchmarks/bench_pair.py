@@ -26,7 +26,9 @@ LANGUAGES = ["da", "nl", "en", "fr", "de", "it", "es"]
 WORDS = "the of and to in is that for it as with was on be by this are from at an or have not but which you æble øre på straße très".split()
 
 
-def write_input(folder: Path, languages: list[str], prompts: int, samples: int, response_chars: int) -> tuple[list[Path], list[Path]]:
+def write_input(
+    folder: Path, languages: list[str], prompts: int, samples: int, response_chars: int
+) -> tuple[list[Path], list[Path]]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     scored, originals = [], []
@@ -45,8 +47,16 @@ def write_input(folder: Path, languages: list[str], prompts: int, samples: int, 
                 o.write(json.dumps({"messages": [{"role": "user", "content": prompt}]}, ensure_ascii=False) + "\n")
                 for _ in range(samples):
                     start = rng.randrange(0, len(text) - response_chars)
-                    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text[start : start + response_chars]}]
-                    s.write(json.dumps({"messages": messages, "reward_score": round(rng.gauss(0, 2), 6)}, ensure_ascii=False) + "\n")
+                    messages = [
+                        {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": text[start : start + response_chars]},
+                    ]
+                    s.write(
+                        json.dumps(
+                            {"messages": messages, "reward_score": round(rng.gauss(0, 2), 6)}, ensure_ascii=False
+                        )
+                        + "\n"
+                    )
         marker.touch()
     return scored, originals
 
@@ -78,18 +88,35 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/croco-bench-pair"))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    scored, originals = write_input(args.dir, LANGUAGES[: args.languages], args.prompts, args.samples, args.response_chars)
+    scored, originals = write_input(
+        args.dir, LANGUAGES[: args.languages], args.prompts, args.samples, args.response_chars
+    )
     size = sum(p.stat().st_size for p in scored) / 2**20
-    command = [sys.executable, "-m", "croco.cli", "pair", "--scored", *map(str, scored), "--originals", *map(str, originals), "--out", str(args.dir / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "croco.cli",
+        "pair",
+        "--scored",
+        *map(str, scored),
+        "--originals",
+        *map(str, originals),
+        "--out",
+        str(args.dir / "out"),
+    ]
     results = [measure(command) for _ in range(args.rounds)]
-    print(f"input: {args.languages} languages x {args.prompts} prompts x {args.samples} samples = "
-          f"{args.languages * args.prompts * args.samples:,} scored samples, {size:.0f} MB of JSONL")
+    print(
+        f"input: {args.languages} languages x {args.prompts} prompts x {args.samples} samples = "
+        f"{args.languages * args.prompts * args.samples:,} scored samples, {size:.0f} MB of JSONL"
+    )
     for i, (wall, peak) in enumerate(results):
         print(f"round {i}: {wall:.2f} s wall, {peak:.0f} MB peak (process tree)")
     best_wall = min(w for w, _ in results)
     worst_peak = max(p for _, p in results)
-    print(f"best wall {best_wall:.2f} s ({11.6 / best_wall:.1f}x faster than the original's 11.6 s); "
-          f"peak {worst_peak:.0f} MB ({worst_peak / 1843:.2f} of the original's 1.8 GB)")
+    print(
+        f"best wall {best_wall:.2f} s ({11.6 / best_wall:.1f}x faster than the original's 11.6 s); "
+        f"peak {worst_peak:.0f} MB ({worst_peak / 1843:.2f} of the original's 1.8 GB)"
+    )
     print(json.dumps(json.loads((args.dir / "out" / "manifest.json").read_text())["products"]))
 
 

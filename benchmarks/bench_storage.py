@@ -34,22 +34,40 @@ def samples(rows: int, seed: int, words_per_response: int = 400):
 
     rng = random.Random(seed)
     words = "the of and to in is that for it as with was on be by this are from at an or have not but".split()
-    return pa.Table.from_pylist([
-        {"prompt_id": f"p{i // 8}", "language": "en", "sample_index": i % 8, "prompt": "Question?", "prompt_sent": "Question?",
-         "response": " ".join(rng.choice(words) for _ in range(words_per_response)), "finish_reason": "stop", "prompt_tokens": 12,
-         "completion_tokens": 150, "policy": "bench"}
-        for i in range(rows)
-    ], schema=SAMPLE)
+    return pa.Table.from_pylist(
+        [
+            {
+                "prompt_id": f"p{i // 8}",
+                "language": "en",
+                "sample_index": i % 8,
+                "prompt": "Question?",
+                "prompt_sent": "Question?",
+                "response": " ".join(rng.choice(words) for _ in range(words_per_response)),
+                "finish_reason": "stop",
+                "prompt_tokens": 12,
+                "completion_tokens": 150,
+                "policy": "bench",
+            }
+            for i in range(rows)
+        ],
+        schema=SAMPLE,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--rows", type=int, default=4096, help="samples per shard (the paper's 64 prompts x 64 samples)")
+    parser.add_argument(
+        "--rows", type=int, default=4096, help="samples per shard (the paper's 64 prompts x 64 samples)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=5577)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, str(REPO / "infra" / "s3_server.py"), "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "infra" / "s3_server.py"), "--port", str(args.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.environ.update(environment(args.port))
     try:
         wait_until_up(f"http://127.0.0.1:{args.port}/moto-api/")
@@ -86,11 +104,18 @@ def run(args) -> None:
         for i in range(len(blobs)):
             storage.fs.cat_file(f"{storage.root}/raw{round_}/{i}.parquet")
         get = time.perf_counter() - began
-        rates = {"version write": size / written, "version read": size / read, "s3fs put": size / put, "s3fs get": size / get}
+        rates = {
+            "version write": size / written,
+            "version read": size / read,
+            "s3fs put": size / put,
+            "s3fs get": size / get,
+        }
         print(f"round {round_}: {size:.1f} MB; " + ", ".join(f"{k} {v:.1f} MB/s" for k, v in rates.items()), flush=True)
         best = {k: max(best[k], rates[k]) for k in best}
     print("best: " + ", ".join(f"{k} {v:.1f} MB/s" for k, v in best.items()))
-    print(f"write ratio {best['version write'] / best['s3fs put']:.2f}, read ratio {best['version read'] / best['s3fs get']:.2f} (target >= 0.5)")
+    print(
+        f"write ratio {best['version write'] / best['s3fs put']:.2f}, read ratio {best['version read'] / best['s3fs get']:.2f} (target >= 0.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,14 +30,23 @@ MODES = ("size", "checksum")
 
 def croco_run(config: Path, overrides: list[str], env: dict) -> tuple[float, str]:
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "croco.cli", "run", str(config), *overrides], env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "croco.cli", "run", str(config), *overrides],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - began, done.stdout + done.stderr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--root", help="a storage root that holds a finished run of the config (default: run it first into a temporary one)")
+    parser.add_argument(
+        "--root",
+        help="a storage root that holds a finished run of the config (default: run it first into a temporary one)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -64,7 +73,9 @@ def main() -> None:
             assert not broken, broken
             print(f"check alone, storage.verify={mode}: {checked:.2f} s for {len(versions)} versions", flush=True)
         read = sum(entry["bytes"] for v in versions for entry in _entries(v.manifest()))
-        print(f"checksum reads {read / 1e6:.1f} MB a check (the flow checks each version twice: its plan and its task's cache key)")
+        print(
+            f"checksum reads {read / 1e6:.1f} MB a check (the flow checks each version twice: its plan and its task's cache key)"
+        )
         print("best cached rerun: " + ", ".join(f"{mode} {best[mode]:.1f} s" for mode in MODES) + " (target <= 20)")
 
 

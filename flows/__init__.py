@@ -1,6 +1,6 @@
 """The Prefect flows: the deployments' entrypoints and what `croco run` calls.
 
-    pipeline   the whole method, every enabled stage
-    evaluate   arena, judge and EuroEval for the evaluated models
-    languages  bring a run up to date with its config's languages (scheduled)
+pipeline   the whole method, every enabled stage
+evaluate   arena, judge and EuroEval for the evaluated models
+languages  bring a run up to date with its config's languages (scheduled)
 """

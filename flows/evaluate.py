@@ -10,9 +10,15 @@ from croco.flows.execute import execute, load_run_config
 from croco.redaction import NoCredential
 
 
-@flow(name="croco-evaluate", description="Arena answers, judge and EuroEval for the evaluated models (training runs first if it must).")
+@flow(
+    name="croco-evaluate",
+    description="Arena answers, judge and EuroEval for the evaluated models (training runs first if it must).",
+)
 def evaluate(
-    config: NoCredential, overrides: list[NoCredential] | None = None, languages: list[str] | None = None, models: dict[str, NoCredential] | None = None
+    config: NoCredential,
+    overrides: list[NoCredential] | None = None,
+    languages: list[str] | None = None,
+    models: dict[str, NoCredential] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the models of one config.
 

@@ -29,13 +29,17 @@ from croco.summaries import publish_markdown, publish_summary, publish_table
 log = logging.getLogger("croco")
 
 
-def load_run_config(config: str, overrides: list[str] | None, languages: list[str] | None = None, models: dict[str, str] | None = None) -> CrocoConfig:
+def load_run_config(
+    config: str, overrides: list[str] | None, languages: list[str] | None = None, models: dict[str, str] | None = None
+) -> CrocoConfig:
     """The config at a local path or an fsspec URI (s3://...), with overrides, and the flow parameters that
     replace its languages or add models to evaluate (set as values, never re-read as YAML: `no` stays a string).
     A parameter holding a credential is refused, and masked where Prefect stored it (a deployment run's parameters
     are stored before any croco code runs; `croco run` refuses them before creating the run)."""
     try:
-        refuse_credentials({"config": [config], "override": list(overrides or []), "model": list((models or {}).values())})
+        refuse_credentials(
+            {"config": [config], "override": list(overrides or []), "model": list((models or {}).values())}
+        )
     except CrocoError:
         _mask_stored_parameters()
         raise
@@ -81,7 +85,12 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     with LiveRun(storage, record) as live:  # a failed or interrupted run is recorded as failed
         planned = describe(plan, storage)
         publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
-        log.info("plan: %d units, %d cached, %d skipped", len(plan.units), sum(row["state"] == "cached" for row in planned), len(plan.skipped))
+        log.info(
+            "plan: %d units, %d cached, %d skipped",
+            len(plan.units),
+            sum(row["state"] == "cached" for row in planned),
+            len(plan.skipped),
+        )
         for unit_id, why in plan.skipped.items():
             log.warning("%s: skipped: %s", unit_id, why)
         cached = {}
@@ -99,9 +108,13 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
         object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
         live.finish("completed", report=report_uri, **object_versions)
-    if completed(storage, cfg.name)[0]["run_id"] == run_id:  # a newer run of this config that finished first keeps its report there
+    if (
+        completed(storage, cfg.name)[0]["run_id"] == run_id
+    ):  # a newer run of this config that finished first keeps its report there
         show_as_newest(storage, cfg, run_id, report)
-    log.info("run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values()))
+    log.info(
+        "run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values())
+    )
     return {
         "run_id": run_id,
         "report": report_uri,
@@ -124,7 +137,9 @@ def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id:
         storage.put(f"{folder}/win_rates.png", found["plot"])
         publish_markdown(found["markdown"], f"croco-win-rates-{cfg.name}", "Arena win rates against the baseline")
         overall = found["markdown"].split("\n\nPer subcategory:")[0]
-        sections["Arena win rates"] = f"{overall}\n\nFull table: [judge_results.md](judge_results.md)\n\n![Arena win rates](win_rates.png)"
+        sections["Arena win rates"] = (
+            f"{overall}\n\nFull table: [judge_results.md](judge_results.md)\n\n![Arena win rates](win_rates.png)"
+        )
     benchmarked = {u.id: storage.version_at(u.version_path) for u in plan.of("euroeval")}
     if benchmarked:
         markdown = "\n".join(euroeval.summarize(cfg, benchmarked)) + "\n"

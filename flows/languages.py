@@ -19,7 +19,10 @@ from croco.storage import storage_of
 log = logging.getLogger("croco")
 
 
-@flow(name="croco-languages", description="Rerun the pipeline for the config's languages; only languages without finished work do any.")
+@flow(
+    name="croco-languages",
+    description="Rerun the pipeline for the config's languages; only languages without finished work do any.",
+)
 def languages(config: NoCredential, overrides: list[NoCredential] | None = None) -> dict[str, Any]:
     """Run the pipeline for every language of a config; languages finished earlier are cache hits.
 
@@ -30,5 +33,10 @@ def languages(config: NoCredential, overrides: list[NoCredential] | None = None)
     cfg = load_run_config(config, overrides, None)
     before = last_languages(storage_of(cfg), cfg.name)
     new = [code for code in cfg.languages if before is None or code not in before]
-    log.info("languages: %s new since the last run of %s (%s)", ", ".join(new) or "none", cfg.name, ", ".join(before or []) or "no earlier run")
+    log.info(
+        "languages: %s new since the last run of %s (%s)",
+        ", ".join(new) or "none",
+        cfg.name,
+        ", ".join(before or []) or "no earlier run",
+    )
     return execute(cfg) | {"new_languages": new}

@@ -11,7 +11,12 @@ from croco.redaction import NoCredential
 
 
 @flow(name="croco-pipeline", description="Every enabled stage of a croco config; finished units are cache hits.")
-def pipeline(config: NoCredential, overrides: list[NoCredential] | None = None, languages: list[str] | None = None, stages: list[str] | None = None) -> dict[str, Any]:
+def pipeline(
+    config: NoCredential,
+    overrides: list[NoCredential] | None = None,
+    languages: list[str] | None = None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
     """Run the croco method for one config.
 
     Args:

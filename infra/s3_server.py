@@ -41,10 +41,19 @@ def main() -> int:
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port)
     server.start()
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{args.port}", aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{args.port}",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket=args.bucket)
     s3.put_bucket_versioning(Bucket=args.bucket, VersioningConfiguration={"Status": "Enabled"})
-    print(f"S3 server on http://127.0.0.1:{args.port}, bucket {args.bucket} (versioned); storage.root: s3://{args.bucket}/<prefix>", flush=True)
+    print(
+        f"S3 server on http://127.0.0.1:{args.port}, bucket {args.bucket} (versioned); storage.root: s3://{args.bucket}/<prefix>",
+        flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

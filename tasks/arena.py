@@ -51,7 +51,11 @@ def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
 def skipped(cfg: CrocoConfig) -> dict[str, str]:
     """Why each run language without questions is not evaluated in the arena (the plan counts and reports them)."""
     asked = {q["language"] for q in load_questions(cfg)}
-    return {code: f"{cfg.arena.prompts.path} holds no questions in {LANGUAGES[code].name} ({code})" for code in cfg.languages if code not in asked}
+    return {
+        code: f"{cfg.arena.prompts.path} holds no questions in {LANGUAGES[code].name} ({code})"
+        for code in cfg.languages
+        if code not in asked
+    }
 
 
 def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
@@ -61,7 +65,13 @@ def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
 def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     asked = [(q["question_id"], q["prompt"]) for q in questions_in(cfg, language)]
     sampling = {key: getattr(cfg.arena, key) for key in ("max_new_tokens", "temperature", "top_p")}
-    return {"language": language, "model": identity(cfg, model, arena_engine(cfg, model)), "sampling": sampling, "seed": cfg.seed, "questions": stable_hash(asked)}
+    return {
+        "language": language,
+        "model": identity(cfg, model, arena_engine(cfg, model)),
+        "sampling": sampling,
+        "seed": cfg.seed,
+        "questions": stable_hash(asked),
+    }
 
 
 def questions_in(cfg: CrocoConfig, language: str) -> list[dict]:
@@ -81,7 +91,11 @@ def _read_questions(cfg: CrocoConfig) -> list[dict]:
     wanted = {LANGUAGES[code].arena_code: code for code in cfg.languages if LANGUAGES[code].arena_code}
     if local_path(source) is None and source.name is None:
         # m-ArenaHard's layout: one dataset configuration per language, named by its code.
-        rows = [(location, raw, code) for arena_code, code in wanted.items() for location, raw in read_source(source, name=arena_code)]
+        rows = [
+            (location, raw, code)
+            for arena_code, code in wanted.items()
+            for location, raw in read_source(source, name=arena_code)
+        ]
     else:
         # One file or one named configuration: a question's language is the source's or its own field, never the
         # configuration's name (that would give every language one language's questions).
@@ -105,7 +119,9 @@ def _check(raw: Any, location: str, language: str | None, wanted: dict[str, str]
         raise CrocoError(f"{location}: an arena question must be a JSON object")
     for field in REQUIRED:
         if not isinstance(raw.get(field), (str, int)) or str(raw[field]).strip() == "":
-            raise CrocoError(f"{location}: missing or empty field {field!r} (arena prompts need question_id, prompt, category, subcategory, language)")
+            raise CrocoError(
+                f"{location}: missing or empty field {field!r} (arena prompts need question_id, prompt, category, subcategory, language)"
+            )
     code = language or raw.get("language")
     if not isinstance(code, str):
         raise CrocoError(f"{location}: missing field 'language' (or set arena.prompts.language)")
@@ -126,7 +142,9 @@ def _subsample(questions: list[dict], per_language: int | None, seed: int) -> li
     languages keep the same ids, and no language's questions depend on which other languages run."""
     kept = []
     for language in sorted({q["language"] for q in questions}):
-        mine = sorted((q for q in questions if q["language"] == language), key=lambda q: stable_hash([seed, q["question_id"]]))
+        mine = sorted(
+            (q for q in questions if q["language"] == language), key=lambda q: stable_hash([seed, q["question_id"]])
+        )
         kept += mine[:per_language] if per_language is not None else mine
     return sorted(kept, key=lambda q: (q["language"], q["question_id"]))
 
@@ -134,14 +152,22 @@ def _subsample(questions: list[dict], per_language: int | None, seed: int) -> li
 @stage_task
 def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     questions = questions_in(cfg, unit.language)
-    shards = {f"{i // QUESTIONS_PER_SHARD:05d}": questions[i : i + QUESTIONS_PER_SHARD] for i in range(0, len(questions), QUESTIONS_PER_SHARD)}
+    shards = {
+        f"{i // QUESTIONS_PER_SHARD:05d}": questions[i : i + QUESTIONS_PER_SHARD]
+        for i in range(0, len(questions), QUESTIONS_PER_SHARD)
+    }
     finished = out.finished_shards()
     todo = [name for name in shards if name not in finished]
     work_s, new_answers, new_tokens = 0.0, 0, 0
     if todo:
         model = resolve(cfg, unit.model, inputs)
         generator = load_generator(arena_engine(cfg, unit.model), model)
-        with tqdm(total=sum(len(shards[n]) for n in todo), unit="answer", desc=f"arena {unit.model} {unit.language}", dynamic_ncols=True) as bar:
+        with tqdm(
+            total=sum(len(shards[n]) for n in todo),
+            unit="answer",
+            desc=f"arena {unit.model} {unit.language}",
+            dynamic_ncols=True,
+        ) as bar:
             for name in todo:
                 started = time.perf_counter()
                 records = _answer(generator, shards[name], unit.model, model, cfg, bar.update)
@@ -152,7 +178,10 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
 
     answers = out.read(ARENA_ANSWER).to_pylist()
     fields = ("question_id", "prompt", "output", "reasoning", "generator", "category", "subcategory")
-    out.put_file(ANSWERS_FILE, "".join(json.dumps({k: a[k] for k in fields}, ensure_ascii=False) + "\n" for a in answers).encode())
+    out.put_file(
+        ANSWERS_FILE,
+        "".join(json.dumps({k: a[k] for k in fields}, ensure_ascii=False) + "\n" for a in answers).encode(),
+    )
     return {
         "records_in": len(questions),
         "records_out": len(answers),

@@ -36,15 +36,33 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
-    online = {"reward": model_identity(cfg.models.reward), "sampling": [cfg.generate.max_new_tokens, cfg.generate.temperature]}
-    return {"dpo": cfg.dpo.model_dump(exclude=training.EXECUTION), "seed": cfg.seed, **training.provenance(cfg), **(online if cfg.dpo.online else {})}
+    online = {
+        "reward": model_identity(cfg.models.reward),
+        "sampling": [cfg.generate.max_new_tokens, cfg.generate.temperature],
+    }
+    return {
+        "dpo": cfg.dpo.model_dump(exclude=training.EXECUTION),
+        "seed": cfg.seed,
+        **training.provenance(cfg),
+        **(online if cfg.dpo.online else {}),
+    }
 
 
 @stage_task
 def dpo(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     make_trainer = _online_trainer(cfg) if cfg.dpo.online else _offline_trainer(cfg)
     columns = ["prompt"] if cfg.dpo.online else ["prompt", "chosen", "rejected"]
-    return training.fit(cfg, cfg.dpo, out, inputs[PAIRS], f"dpo_{cfg.dpo.pairs}", lambda row: row["prompt"], columns, make_trainer, PLOTS)
+    return training.fit(
+        cfg,
+        cfg.dpo,
+        out,
+        inputs[PAIRS],
+        f"dpo_{cfg.dpo.pairs}",
+        lambda row: row["prompt"],
+        columns,
+        make_trainer,
+        PLOTS,
+    )
 
 
 def _offline_trainer(cfg: CrocoConfig):
@@ -66,6 +84,8 @@ def _online_trainer(cfg: CrocoConfig):
         sampling = {"max_new_tokens": cfg.generate.max_new_tokens, "temperature": cfg.generate.temperature or 1.0}
         # OnlineDPOTrainer evaluates nothing on prompt-only data, so the held-out share stays unused.
         args = OnlineDPOConfig(beta=cfg.dpo.beta, **sampling, **{**arguments, "eval_strategy": "no"})
-        return OnlineDPOTrainer(model=model, reward_funcs=reward, reward_processing_classes=reward_tokenizer, args=args, **parts)
+        return OnlineDPOTrainer(
+            model=model, reward_funcs=reward, reward_processing_classes=reward_tokenizer, args=args, **parts
+        )
 
     return make_trainer

@@ -61,7 +61,11 @@ DATASETS: dict[str, list[str]] = {
 }
 
 # EuroEval runs offline wherever it can: no cost-map fetch by litellm, no hub lookups once prefetched.
-OFFLINE_SAFE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_SAFE_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 # The API key reaches EuroEval's process in its environment: a command line shows in the process list.
 API_KEY_VARIABLE = "CROCO_EUROEVAL_API_KEY"
@@ -94,16 +98,23 @@ def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
     """One unit per language with datasets and evaluated model; the other languages are `skipped`."""
     table = dataset_table(cfg)
     if not table:
-        raise CrocoError(f"EuroEval has no datasets for {', '.join(cfg.languages)}; set euroeval.datasets for at least one of them")
+        raise CrocoError(
+            f"EuroEval has no datasets for {', '.join(cfg.languages)}; set euroeval.datasets for at least one of them"
+        )
     return [(code, name) for code in table for name in contestant_names(cfg)]
 
 
 def skipped(cfg: CrocoConfig) -> dict[str, str]:
     """Why each run language without datasets is not benchmarked (the plan counts and reports them)."""
     table = dataset_table(cfg)
-    where = "euroeval.datasets" if cfg.euroeval.datasets is not None else "croco's EuroEval table (`croco euroeval-datasets`)"
+    where = (
+        "euroeval.datasets"
+        if cfg.euroeval.datasets is not None
+        else "croco's EuroEval table (`croco euroeval-datasets`)"
+    )
     return {
-        code: f"EuroEval has no datasets in {_named(code)}" if LANGUAGES[code].euroeval_code is None
+        code: f"EuroEval has no datasets in {_named(code)}"
+        if LANGUAGES[code].euroeval_code is None
         else f"{where} lists no datasets for {_named(code)}; set euroeval.datasets.{code} to benchmark it"
         for code in cfg.languages
         if code not in table
@@ -118,9 +129,14 @@ def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     return {
         "language": language,
         "datasets": dataset_table(cfg)[language],
-        "identity": identity(cfg, model, EngineConfig(device=cfg.euroeval.device)),  # with the name: two names for one model are two versions
+        "identity": identity(
+            cfg, model, EngineConfig(device=cfg.euroeval.device)
+        ),  # with the name: two names for one model are two versions
         # The installed EuroEval's version shapes the scores; the interpreter's path does not.
-        "euroeval": {**cfg.euroeval.model_dump(include={"few_shot", "iterations", "split", "extra_args"}), "version": installed_version(cfg.euroeval.python)},
+        "euroeval": {
+            **cfg.euroeval.model_dump(include={"few_shot", "iterations", "split", "extra_args"}),
+            "version": installed_version(cfg.euroeval.python),
+        },
     }
 
 
@@ -209,7 +225,13 @@ def model_folder(name: str, model: ModelConfig, workdir: Path) -> str:
 def _benchmark(cfg: CrocoConfig, model: str, code: str, names: list[str], workdir: Path, log_file: Path) -> int:
     """Run EuroEval on one model and one language's datasets in `workdir`, its output going to `log_file`; its exit status."""
     settings_ = cfg.euroeval
-    arguments = ["--model", model, "--language", LANGUAGES[code].euroeval_code, *[a for n in names for a in ("--dataset", n)]]
+    arguments = [
+        "--model",
+        model,
+        "--language",
+        LANGUAGES[code].euroeval_code,
+        *[a for n in names for a in ("--dataset", n)],
+    ]
     arguments += ["--evaluate-test-split"] if settings_.split == "test" else []
     arguments += ["--few-shot" if settings_.few_shot else "--zero-shot", "--num-iterations", str(settings_.iterations)]
     arguments += ["--save-results", "--no-progress-bar", "--raise-errors"]
@@ -230,7 +252,9 @@ def _extra_args(cfg: CrocoConfig) -> tuple[list[str], str | None]:
     passed = _take_api_key(arguments)
     if passed:
         remember(passed)
-        log.warning("euroeval.extra_args holds an API key: it is masked and kept off the command line, but belongs in the environment variable named by euroeval.api_key_env")
+        log.warning(
+            "euroeval.extra_args holds an API key: it is masked and kept off the command line, but belongs in the environment variable named by euroeval.api_key_env"
+        )
     return arguments, api_key(cfg.euroeval.api_key_env, "euroeval.api_key_env") or passed
 
 
@@ -247,7 +271,15 @@ def _take_api_key(arguments: list[str]) -> str | None:
     return None
 
 
-def run_in_euroeval(cfg: CrocoConfig, script: str, arguments: list[str], cwd: Path | None = None, sink=None, purpose: str = "read EuroEval's dataset registry", key: str | None = None):
+def run_in_euroeval(
+    cfg: CrocoConfig,
+    script: str,
+    arguments: list[str],
+    cwd: Path | None = None,
+    sink=None,
+    purpose: str = "read EuroEval's dataset registry",
+    key: str | None = None,
+):
     """Run a script in EuroEval's interpreter (with the API `key` in its environment): its stdout when `sink` is None
     (failing with `purpose`), else its exit status."""
     command = [cfg.euroeval.python, "-c", script, *arguments]
@@ -290,7 +322,12 @@ def read_results(path: Path) -> list[dict]:
 def _from_flat(record: dict) -> list[dict]:
     """Before 17.0: results.total holds test_<metric> and test_<metric>_se."""
     total = record["results"]["total"]
-    base = {"model": record["model"], "dataset": record["dataset"], "languages": record["languages"], "few_shot": record.get("few_shot")}
+    base = {
+        "model": record["model"],
+        "dataset": record["dataset"],
+        "languages": record["languages"],
+        "few_shot": record.get("few_shot"),
+    }
     return [
         {**base, "metric": key.removeprefix("test_"), "score": value, "ci95": _finite(total.get(f"{key}_se"))}
         for key, value in total.items()
@@ -302,12 +339,24 @@ def _from_eee(record: dict) -> list[dict]:
     """17.0 and later: Every Eval Ever records, one evaluation_results entry per metric."""
     details = record["eval_library"]["additional_details"]
     few_shot = details.get("few_shot")
-    base = {"model": record["model_info"]["name"], "dataset": details["dataset"], "languages": json.loads(details["languages"]), "few_shot": None if few_shot is None else few_shot == "true"}
+    base = {
+        "model": record["model_info"]["name"],
+        "dataset": details["dataset"],
+        "languages": json.loads(details["languages"]),
+        "few_shot": None if few_shot is None else few_shot == "true",
+    }
     rows = []
     for result in record["evaluation_results"]:
         interval = (result["score_details"].get("uncertainty") or {}).get("confidence_interval")
         half = (interval["upper"] - interval["lower"]) / 2 if interval else None
-        rows.append({**base, "metric": result["evaluation_name"].removeprefix("test_"), "score": result["score_details"]["score"], "ci95": half})
+        rows.append(
+            {
+                **base,
+                "metric": result["evaluation_name"].removeprefix("test_"),
+                "score": result["score_details"]["score"],
+                "ci95": half,
+            }
+        )
     return rows
 
 
@@ -322,7 +371,12 @@ def scores(results: list[dict], model: str, name: str, code: str, datasets: list
     for r in results:
         if r["model"] == model and r["dataset"] in datasets and _in_language(language, r["languages"]):
             found[(r["dataset"], r["metric"])] = {
-                "model": name, "language": code, "dataset": r["dataset"], "metric": r["metric"], "score": r["score"], "ci95": r["ci95"],
+                "model": name,
+                "language": code,
+                "dataset": r["dataset"],
+                "metric": r["metric"],
+                "score": r["score"],
+                "ci95": r["ci95"],
             }
     return list(found.values())
 
@@ -359,6 +413,7 @@ def results_table(rows: list[dict], cfg: CrocoConfig, version: str) -> list[str]
     for r in rows:
         ci = "–" if r["ci95"] is None else f"{r['ci95']:.2f}"
         diff = "" if r["difference"] is None else f"{r['difference']:+.2f}"
-        lines.append(f"| {r['language']} | {r['dataset']} | {r['metric']} | {r['model']} | {r['score']:.2f} | {ci} | {diff} |")
+        lines.append(
+            f"| {r['language']} | {r['dataset']} | {r['metric']} | {r['model']} | {r['score']:.2f} | {ci} | {diff} |"
+        )
     return lines
-

@@ -67,7 +67,9 @@ def prompt_token_limit(cfg: CrocoConfig) -> int:
         return settings_.max_prompt_tokens
     context = context_length(policy)
     if context is None:
-        raise CrocoError(f"models.policy {policy.path} names no context length (max_position_embeddings) in its config.json; set generate.max_prompt_tokens")
+        raise CrocoError(
+            f"models.policy {policy.path} names no context length (max_position_embeddings) in its config.json; set generate.max_prompt_tokens"
+        )
     if context <= settings_.max_new_tokens:
         raise CrocoError(
             f"generate.max_new_tokens ({settings_.max_new_tokens}) leaves no room for a prompt in the {context}-token context of "
@@ -103,14 +105,26 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
     if todo:
         too_long = _too_long(cfg, [p for i in todo for p in shards[i]])  # before the model is loaded
         if too_long:
-            log.warning("%s: %d prompts are longer than %d tokens: skipped (%s)", unit.id, len(too_long), prompt_token_limit(cfg), PROMPT_TOO_LONG)
+            log.warning(
+                "%s: %d prompts are longer than %d tokens: skipped (%s)",
+                unit.id,
+                len(too_long),
+                prompt_token_limit(cfg),
+                PROMPT_TOO_LONG,
+            )
         fitting = {i: [p for p in shards[i] if p["prompt_id"] not in too_long] for i in todo}
         generator = load_generator(settings_.engine, cfg.models.policy) if any(fitting.values()) else None
         total = sum(len(fitting[i]) for i in todo) * settings_.num_samples
         with tqdm(total=total, unit="sample", desc=f"generate {unit.language}", dynamic_ncols=True) as bar:
             for index in todo:
                 started = time.perf_counter()
-                records = _generate_shard(generator, fitting[index], cfg, shard_seed(cfg.seed, unit.language, index), bar.update) if fitting[index] else []
+                records = (
+                    _generate_shard(
+                        generator, fitting[index], cfg, shard_seed(cfg.seed, unit.language, index), bar.update
+                    )
+                    if fitting[index]
+                    else []
+                )
                 work_s += time.perf_counter() - started
                 skipped = [too_long[p["prompt_id"]] for p in shards[index] if p["prompt_id"] in too_long]
                 out.write_shard(shard_name(index), records, SAMPLE, skipped, SKIPPED)
@@ -152,8 +166,11 @@ def _too_long(cfg: CrocoConfig, prompts: list[dict]) -> dict[str, dict]:
         tokens = len(encode_chat(tokenizer, [{"role": "user", "content": text}], True, policy.chat_template_kwargs))
         if tokens > limit:
             found[prompt["prompt_id"]] = {
-                "prompt_id": prompt["prompt_id"], "language": prompt["language"], "sample_index": None,
-                "reason": PROMPT_TOO_LONG, "detail": f"{tokens} tokens; at most {limit} fit",
+                "prompt_id": prompt["prompt_id"],
+                "language": prompt["language"],
+                "sample_index": None,
+                "reason": PROMPT_TOO_LONG,
+                "detail": f"{tokens} tokens; at most {limit} fit",
             }
     return found
 
@@ -162,7 +179,9 @@ def _generate_shard(generator, prompts: list[dict], cfg: CrocoConfig, seed: int,
     settings_ = cfg.generate
     originals = [_first_user_message(p) for p in prompts]
     sent = [prompt_to_send(text, p["language"], settings_.respond_in_language) for text, p in zip(originals, prompts)]
-    params = SamplingParams(settings_.num_samples, settings_.max_new_tokens, settings_.temperature, settings_.top_p, seed)
+    params = SamplingParams(
+        settings_.num_samples, settings_.max_new_tokens, settings_.temperature, settings_.top_p, seed
+    )
     completions = generator.generate([[{"role": "user", "content": text}] for text in sent], params, progress)
     return [
         {
@@ -180,4 +199,3 @@ def _generate_shard(generator, prompts: list[dict], cfg: CrocoConfig, seed: int,
         for prompt, original, text, samples in zip(prompts, originals, sent, completions)
         for index, completion in enumerate(samples)
     ]
-

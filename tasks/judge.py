@@ -62,7 +62,14 @@ def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
 
 def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
     verdicts = {key: getattr(cfg.judge, key) for key in VERDICT_SETTINGS}
-    return {"language": language, "model": model, "judge": make_judge(cfg).identity(), "settings": verdicts, "baseline": cfg.evaluate.baseline, "seed": cfg.seed}
+    return {
+        "language": language,
+        "model": model,
+        "judge": make_judge(cfg).identity(),
+        "settings": verdicts,
+        "baseline": cfg.evaluate.baseline,
+        "seed": cfg.seed,
+    }
 
 
 def battles(cfg: CrocoConfig, answers: list[dict]) -> tuple[list[tuple[dict, Battle]], list[dict]]:
@@ -77,7 +84,10 @@ def battles(cfg: CrocoConfig, answers: list[dict]) -> tuple[list[tuple[dict, Bat
         other = theirs.get((a["language"], a["question_id"]))
         if other is None:
             detail = f"{baseline} has no answer to question {a['question_id']}"
-            unmatched.append({k: a[k] for k in ("model", "language", "question_id")} | {"baseline": baseline, "reason": "no_baseline_answer", "detail": detail})
+            unmatched.append(
+                {k: a[k] for k in ("model", "language", "question_id")}
+                | {"baseline": baseline, "reason": "no_baseline_answer", "detail": detail}
+            )
             continue
         fields = {k: a[k] for k in ("model", "language", "question_id", "subcategory")}
         fields |= {"baseline": baseline, "model_length": len(a["output"]), "baseline_length": len(other["output"])}
@@ -100,16 +110,26 @@ def _orders(cfg: CrocoConfig, language: str, question_id: str) -> list[str]:
 def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     answers = [a for version in inputs.values() for a in version.read(ARENA_ANSWER).to_pylist()]
     todo, unmatched = battles(cfg, answers)
-    shards = {f"{i // JUDGMENTS_PER_SHARD:05d}": todo[i : i + JUDGMENTS_PER_SHARD] for i in range(0, len(todo), JUDGMENTS_PER_SHARD)}
+    shards = {
+        f"{i // JUDGMENTS_PER_SHARD:05d}": todo[i : i + JUDGMENTS_PER_SHARD]
+        for i in range(0, len(todo), JUDGMENTS_PER_SHARD)
+    }
     finished = out.finished_shards()
     if unmatched and UNMATCHED_SHARD not in finished:
         out.write_shard(UNMATCHED_SHARD, [], JUDGMENT, unmatched, BATTLE_SKIPPED)
     missing = [name for name in shards if name not in finished]
     judge_ = make_judge(cfg)
-    with tqdm(total=sum(len(shards[n]) for n in missing), unit="judgment", desc=f"judge {unit.language} {unit.model}", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(len(shards[n]) for n in missing),
+        unit="judgment",
+        desc=f"judge {unit.language} {unit.model}",
+        dynamic_ncols=True,
+    ) as bar:
         for name in missing:
             verdicts = judge_.judge([battle for _, battle in shards[name]], bar.update)
-            out.write_shard(name, [_record(fields, verdict) for (fields, _), verdict in zip(shards[name], verdicts)], JUDGMENT)
+            out.write_shard(
+                name, [_record(fields, verdict) for (fields, _), verdict in zip(shards[name], verdicts)], JUDGMENT
+            )
     records = out.read(JUDGMENT, columns=["unparseable"]).to_pylist()
     skipped = Counter(out.read(BATTLE_SKIPPED, columns=["reason"], skipped=True)["reason"].to_pylist())
     return {
@@ -123,13 +143,20 @@ def judge(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
 
 def results(cfg: CrocoConfig, judged: list[Version]) -> dict[str, Any]:
     """Win rates over every judged language: the rows, the Markdown table and the plot (PNG bytes)."""
-    tallied = [name for name in JUDGMENT.names if name != "judgment"]  # the judge's texts stay on disk: the tables never show them
+    tallied = [
+        name for name in JUDGMENT.names if name != "judgment"
+    ]  # the judge's texts stay on disk: the tables never show them
     records = [r for version in judged for r in version.read(JUDGMENT, columns=tallied).to_pylist()]
     rows = summarize(records, cfg.judge.ties, cfg.judge.bootstrap_rounds, cfg.seed)
     table = results_table(rows, cfg)
     if judges_with_training_reward(cfg):
         log.warning("judge: %s", CIRCULAR_WARNING.strip("*"))
-    log.info("judge: win rates against %s, per language (ties count %s)\n%s", cfg.evaluate.baseline, cfg.judge.ties, "\n".join(table))
+    log.info(
+        "judge: win rates against %s, per language (ties count %s)\n%s",
+        cfg.evaluate.baseline,
+        cfg.judge.ties,
+        "\n".join(table),
+    )
     return {"rows": rows, "markdown": "\n".join(table) + "\n", "plot": plot_win_rates(rows)}
 
 

@@ -64,7 +64,12 @@ def pair(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version])
     generated = [inputs[f"generate/{code}"] for code in cfg.languages]
     text_column = "prompt_sent" if cfg.pair.prompt_text == "sent" else "prompt"
     products, skipped = build_products(
-        samples, cfg.pair.target, cfg.pair.k, cfg.pair.prompt_source, cfg.seed, lambda rows: _fetch(generated, samples, rows, text_column)
+        samples,
+        cfg.pair.target,
+        cfg.pair.k,
+        cfg.pair.prompt_source,
+        cfg.seed,
+        lambda rows: _fetch(generated, samples, rows, text_column),
     )
     for name in PRODUCTS:
         out.write_shard(name, products[name], product_schema(name))
@@ -81,7 +86,9 @@ def _check_one_reward_per_sample(samples: ScoredSamples) -> None:
     unique, counts = np.unique(key, return_counts=True)
     if (counts > 1).any():
         row = int(np.flatnonzero(key == unique[counts > 1][0])[0])
-        raise CrocoError(f"the score stage holds two rewards for {samples.describe(row)}; delete that score version (`croco plan` lists it) and run again")
+        raise CrocoError(
+            f"the score stage holds two rewards for {samples.describe(row)}; delete that score version (`croco plan` lists it) and run again"
+        )
 
 
 def _codes(column, values: np.ndarray) -> np.ndarray:
@@ -90,7 +97,9 @@ def _codes(column, values: np.ndarray) -> np.ndarray:
     return codes.to_numpy().astype(np.int64)
 
 
-def _fetch(generated: list[Version], samples: ScoredSamples, rows: np.ndarray, text_column: str) -> dict[int, tuple[str, str]]:
+def _fetch(
+    generated: list[Version], samples: ScoredSamples, rows: np.ndarray, text_column: str
+) -> dict[int, tuple[str, str]]:
     """Read the prompt and response of the given rows, one generate shard at a time."""
     if not len(rows):
         return {}
@@ -99,10 +108,16 @@ def _fetch(generated: list[Version], samples: ScoredSamples, rows: np.ndarray, t
     wanted_sorted, rows_sorted = wanted[order], rows[order]
     texts: dict[int, tuple[str, str]] = {}
     for generate, index in ((version, name) for version in generated for name in version.shard_names()):
-        shard = generate.read_shard(index, SAMPLE, columns=["prompt_id", "language", "sample_index", text_column, "response"])
+        shard = generate.read_shard(
+            index, SAMPLE, columns=["prompt_id", "language", "sample_index", text_column, "response"]
+        )
         prompt = _codes(shard["prompt_id"], samples.prompt_ids)
         language = _codes(shard["language"], np.array(samples.languages, dtype=object))
-        keys = np.where((prompt >= 0) & (language >= 0), samples.sample_key(prompt, language, shard["sample_index"].to_numpy().astype(np.int64)), -1)
+        keys = np.where(
+            (prompt >= 0) & (language >= 0),
+            samples.sample_key(prompt, language, shard["sample_index"].to_numpy().astype(np.int64)),
+            -1,
+        )
         position = np.clip(np.searchsorted(wanted_sorted, keys), 0, len(wanted_sorted) - 1)
         hits = np.flatnonzero(wanted_sorted[position] == keys)
         prompts, responses = shard[text_column].take(hits).to_pylist(), shard["response"].take(hits).to_pylist()
@@ -110,5 +125,7 @@ def _fetch(generated: list[Version], samples: ScoredSamples, rows: np.ndarray, t
             texts[int(rows_sorted[position[hit]])] = (prompt, response)
     missing = [int(row) for row in rows if int(row) not in texts]
     if missing:
-        raise CrocoError(f"{samples.describe(missing[0])} has a score but no generated answer; delete that score version (`croco plan` lists it) and run again")
+        raise CrocoError(
+            f"{samples.describe(missing[0])} has a score but no generated answer; delete that score version (`croco plan` lists it) and run again"
+        )
     return texts

@@ -54,7 +54,9 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     sources = sources_for(cfg, language)
     return {
         "language": language,
-        "sources": [source.model_dump(exclude={"path"}) for source in sources],  # each one's path or id is in its fingerprint
+        "sources": [
+            source.model_dump(exclude={"path"}) for source in sources
+        ],  # each one's path or id is in its fingerprint
         "data": cfg.data.model_dump(exclude={"sources"}),
         "seed": cfg.seed,
         "inputs": [fingerprint(source, language, cfg.data.language_field) for source in sources],
@@ -77,27 +79,44 @@ def prompts(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versio
                     continue
                 key = record["prompt_id"]
                 if key in kept:
-                    raise InvalidRecord(f"duplicate prompt id {key!r} in language {unit.language!r} (first seen at {kept[key]['source']})")
+                    raise InvalidRecord(
+                        f"duplicate prompt id {key!r} in language {unit.language!r} (first seen at {kept[key]['source']})"
+                    )
             except InvalidRecord as problem:
                 if cfg.data.on_invalid == "error":
-                    raise CrocoError(f"{location}: {problem}; fix the record or set data.on_invalid: reject to set such records aside") from None
-                rejects.append({"location": location, "reason": str(problem), "record": raw if isinstance(raw, (dict, list)) else str(raw)})
+                    raise CrocoError(
+                        f"{location}: {problem}; fix the record or set data.on_invalid: reject to set such records aside"
+                    ) from None
+                rejects.append(
+                    {
+                        "location": location,
+                        "reason": str(problem),
+                        "record": raw if isinstance(raw, (dict, list)) else str(raw),
+                    }
+                )
                 skipped["invalid_record"] += 1
                 continue
             kept[key] = record
 
-    records = sorted(_subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped), key=lambda r: r["prompt_id"])
+    records = sorted(
+        _subsample(list(kept.values()), cfg.data.subsample, cfg.seed, skipped), key=lambda r: r["prompt_id"]
+    )
     # Written before the check below: when every record was rejected, their reasons are what the user needs.
     out.put_file(REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects).encode())
     if not records:
-        paths = ", ".join(s.path for s in sources_for(cfg, unit.language)) or "no source (every data.sources entry names another language)"
+        paths = (
+            ", ".join(s.path for s in sources_for(cfg, unit.language))
+            or "no source (every data.sources entry names another language)"
+        )
         if rejects:
             first = rejects[0]
             raise CrocoError(
                 f"no valid prompts in language {unit.language!r} in {paths}: {len(rejects)} rejected, the first at {first['location']}: "
                 f"{first['reason']}; fix the records (every reason is in {out.file_uri(REJECTS_FILE)})"
             )
-        raise CrocoError(f"no prompts in language {unit.language!r} in {paths}; add a source for it or remove it from languages")
+        raise CrocoError(
+            f"no prompts in language {unit.language!r} in {paths}; add a source for it or remove it from languages"
+        )
     out.write_shard("00000", records, PROMPT)
     return {"records_in": records_in, "records_out": len(records), "skipped": dict(skipped)}
 
@@ -119,10 +138,14 @@ def _validate(raw: Any, source: DataSource, cfg: CrocoConfig, location: str) -> 
         raise InvalidRecord(f"a record must be a JSON object, got {type(raw).__name__}")
     prompt_id = raw.get(cfg.data.id_field)
     if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)) or str(prompt_id).strip() == "":
-        raise InvalidRecord(f"missing or empty prompt id field {cfg.data.id_field!r} (set data.id_field if your data names it otherwise)")
+        raise InvalidRecord(
+            f"missing or empty prompt id field {cfg.data.id_field!r} (set data.id_field if your data names it otherwise)"
+        )
     language = source.language or raw.get(cfg.data.language_field)
     if not isinstance(language, str) or not language:
-        raise InvalidRecord(f"no language: the record has no {cfg.data.language_field!r} field and the source sets no language")
+        raise InvalidRecord(
+            f"no language: the record has no {cfg.data.language_field!r} field and the source sets no language"
+        )
     if language not in LANGUAGES:
         raise InvalidRecord(f"unknown language code {language!r}")
     messages = raw.get("messages")

@@ -37,7 +37,12 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     engine = engine_identity(cfg.score.engine, cfg.models.reward)
-    return {"language": language, "reward": model_identity(cfg.models.reward), "engine": engine, "score": cfg.score.model_dump(exclude={"engine"})}
+    return {
+        "language": language,
+        "reward": model_identity(cfg.models.reward),
+        "engine": engine,
+        "score": cfg.score.model_dump(exclude={"engine"}),
+    }
 
 
 @stage_task
@@ -57,7 +62,8 @@ def score(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
                 samples = upstream.read_shard(index, SAMPLE).to_pylist()
                 started = time.perf_counter()
                 conversations = [
-                    [{"role": "user", "content": s["prompt_sent"]}, {"role": "assistant", "content": s["response"]}] for s in samples
+                    [{"role": "user", "content": s["prompt_sent"]}, {"role": "assistant", "content": s["response"]}]
+                    for s in samples
                 ]
                 scores = scorer.score(conversations, cfg.score.max_len, bar.update)
                 work_s += time.perf_counter() - started
@@ -70,7 +76,12 @@ def score(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
     rewards = out.read(SCORE, columns=["reward"])["reward"]
     scored_total = len(rewards)
     return {
-        "reward_stats": {name: round(float(pc.call_function(name, [rewards]).as_py() or 0.0), 4) for name in ("mean", "stddev", "min", "max")} if scored_total else {},
+        "reward_stats": {
+            name: round(float(pc.call_function(name, [rewards]).as_py() or 0.0), 4)
+            for name in ("mean", "stddev", "min", "max")
+        }
+        if scored_total
+        else {},
         "records_in": scored_total + sum(skipped_reasons.values()),
         "records_out": scored_total,
         "skipped": dict(skipped_reasons),
@@ -85,5 +96,7 @@ def _split(samples: list[dict], scores, reward_model: str) -> tuple[list[dict], 
         if score.reward is None:
             skipped.append({**key, "reason": score.skip_reason, "detail": f"{score.num_tokens} tokens"})
         else:
-            scored.append({**key, "reward": score.reward, "scored_tokens": score.num_tokens, "reward_model": reward_model})
+            scored.append(
+                {**key, "reward": score.reward, "scored_tokens": score.num_tokens, "reward_model": reward_model}
+            )
     return scored, skipped

@@ -39,5 +39,13 @@ def sft(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) 
         return SFTTrainer(args=SFTConfig(**arguments), **parts)
 
     return training.fit(
-        cfg, cfg.sft, out, inputs[PAIRS], f"sft_{cfg.sft.pairs}", lambda row: row["messages"][:1], ["messages"], make_trainer, PLOTS
+        cfg,
+        cfg.sft,
+        out,
+        inputs[PAIRS],
+        f"sft_{cfg.sft.pairs}",
+        lambda row: row["messages"][:1],
+        ["messages"],
+        make_trainer,
+        PLOTS,
     )

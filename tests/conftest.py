@@ -55,9 +55,17 @@ def tiny_models(smollm_dir: Path, tmp_path_factory) -> dict[str, str]:
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
     root = tmp_path_factory.mktemp("tiny")
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     paths = {}
@@ -81,7 +89,10 @@ def demo_reward(smollm_dir: Path, tmp_path_factory) -> tuple[str, dict]:
 
 
 def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -89,7 +100,13 @@ def prompt_record(prompt_id: str, language: str, text: str = "Say something kind
     return {"prompt_id": prompt_id, "language": language, "messages": [{"role": "user", "content": text}]}
 
 
-TINY_TRAINING = {"max_length": 128, "max_prompt_length": 96, "gradient_accumulation": 1, "save_steps": 2, "eval_fraction": 0.2}
+TINY_TRAINING = {
+    "max_length": 128,
+    "max_prompt_length": 96,
+    "gradient_accumulation": 1,
+    "save_steps": 2,
+    "eval_fraction": 0.2,
+}
 
 
 def make_config(root: Path | str, models: dict[str, str], sources: list[dict], **sections) -> CrocoConfig:
@@ -131,10 +148,14 @@ def version(cfg: CrocoConfig, unit_id: str) -> Version:
     return Storage(cfg.storage.root).version_at(build_plan(cfg).by_id[unit_id].version_path)
 
 
-def read(cfg: CrocoConfig, stage: str, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False) -> pa.Table:
+def read(
+    cfg: CrocoConfig, stage: str, schema: pa.Schema, columns: list[str] | None = None, skipped: bool = False
+) -> pa.Table:
     """Every unit of one stage, concatenated."""
     storage = Storage(cfg.storage.root)
-    return pa.concat_tables(storage.version_at(u.version_path).read(schema, columns, skipped=skipped) for u in build_plan(cfg).of(stage))
+    return pa.concat_tables(
+        storage.version_at(u.version_path).read(schema, columns, skipped=skipped) for u in build_plan(cfg).of(stage)
+    )
 
 
 @pytest.fixture
@@ -148,7 +169,12 @@ def background(command: list[str], ready_url: str | None, log: Path, cwd: Path |
     """Run a server process until the block ends; ready once `ready_url` answers (at once without one)."""
     with open(log, "wb") as out:  # a file, not a pipe: an unread pipe fills up and blocks the server
         server = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env or {**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env or {**os.environ, "HF_HUB_OFFLINE": "1"},
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 120
@@ -180,7 +206,21 @@ def free_port() -> int:
 def transformers_serve(model: str, log: Path, cwd: Path | None = None):
     """`transformers serve` pinned to one model folder; yields its /v1 URL. The model loads before the port opens."""
     port = free_port()
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    command = [
+        sys.executable,
+        "-m",
+        "transformers.cli.transformers",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
     with background(command, f"http://127.0.0.1:{port}/health", log, cwd):
         yield f"http://127.0.0.1:{port}/v1"
 
@@ -206,7 +246,15 @@ def scripted_openai_server(reply):
         def do_POST(self):
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append(request)
-            body = json.dumps({"id": "scripted", "object": "chat.completion", "created": 0, "model": request["model"], **reply(request)}).encode()
+            body = json.dumps(
+                {
+                    "id": "scripted",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": request["model"],
+                    **reply(request),
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

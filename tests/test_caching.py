@@ -10,13 +10,20 @@ import pyarrow as pa
 import pytest
 from prefect import flow
 
-from croco.caching import UNIT_CACHE, InputChanged, ReleasingLockManager, record_key, result_storage, stage_task, with_execution
+from conftest import make_config
+from croco.caching import (
+    UNIT_CACHE,
+    InputChanged,
+    ReleasingLockManager,
+    record_key,
+    result_storage,
+    stage_task,
+    with_execution,
+)
 from croco.errors import CrocoError
 from croco.plan import Unit
 from croco.records import SAMPLE
 from croco.storage import MissingVersion, Storage, Version
-
-from conftest import make_config
 
 calls: list[str] = []
 
@@ -32,7 +39,12 @@ def flaky(cfg, unit, out, inputs):
 
 
 def test_failures_are_retried_as_configured_but_bad_input_is_not(tmp_path, tiny_models, prompts_file):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], retries={"default": {"attempts": 2, "delay_s": 0.01}})
+    cfg = make_config(
+        tmp_path / "store",
+        tiny_models,
+        [{"path": str(prompts_file)}],
+        retries={"default": {"attempts": 2, "delay_s": 0.01}},
+    )
     task = with_execution(flaky, cfg, Storage(cfg.storage.root))
 
     @flow
@@ -49,10 +61,17 @@ def test_failures_are_retried_as_configured_but_bad_input_is_not(tmp_path, tiny_
 def test_a_lock_whose_process_died_is_free_and_a_live_one_is_not(tmp_path):
     manager = ReleasingLockManager(tmp_path / "locks")
     assert manager.acquire_lock("generate-en-k", holder="me")
-    assert manager.is_locked("generate-en-k") and json.loads((tmp_path / "locks" / "generate-en-k.lock").read_text())["pid"] == os.getpid()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    assert (
+        manager.is_locked("generate-en-k")
+        and json.loads((tmp_path / "locks" / "generate-en-k.lock").read_text())["pid"] == os.getpid()
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     path = tmp_path / "locks" / "score-en-k.lock"
-    path.write_text(json.dumps({"holder": "someone", "expiration": None, "host": os.uname().nodename, "pid": int(dead)}))
+    path.write_text(
+        json.dumps({"holder": "someone", "expiration": None, "host": os.uname().nodename, "pid": int(dead)})
+    )
     other = ReleasingLockManager(tmp_path / "locks")
     assert not other.is_locked("score-en-k") and not path.exists()
     assert other.acquire_lock("score-en-k", holder="me-too", acquire_timeout=5)
@@ -69,11 +88,24 @@ def test_a_lock_never_tagged_with_its_holder_is_released_after_a_minute(tmp_path
 
 
 def samples(response: str, *ids: int) -> pa.Table:
-    return pa.Table.from_pylist([
-        {"prompt_id": f"p{i}", "language": "en", "sample_index": 0, "prompt": "q", "prompt_sent": "q", "response": response,
-         "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1, "policy": "m"}
-        for i in ids
-    ], schema=SAMPLE)
+    return pa.Table.from_pylist(
+        [
+            {
+                "prompt_id": f"p{i}",
+                "language": "en",
+                "sample_index": 0,
+                "prompt": "q",
+                "prompt_sent": "q",
+                "response": response,
+                "finish_reason": "stop",
+                "prompt_tokens": 1,
+                "completion_tokens": 1,
+                "policy": "m",
+            }
+            for i in ids
+        ],
+        schema=SAMPLE,
+    )
 
 
 def generated(storage: Storage, response: str) -> Version:
@@ -106,7 +138,9 @@ def copy(cfg, unit, out, inputs):
 
 @pytest.fixture
 def copying(tmp_path, tiny_models, prompts_file):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], retries={"default": {"attempts": 0}})
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], retries={"default": {"attempts": 0}}
+    )
     storage = Storage(cfg.storage.root)
     generated(storage, "old")
     during_work.clear()
@@ -131,7 +165,14 @@ def test_the_cache_key_changes_no_version_and_the_repair_happens_under_the_units
     assert out.committed() and out.read(SAMPLE)["response"].to_pylist() == ["old"] * 3 and not record.exists()
     locked_while = []
     real_discard = Version.discard
-    monkeypatch.setattr(Version, "discard", lambda self, reason: (locked_while.append(UNIT_CACHE.lock_manager.is_locked(record_key(unit))), real_discard(self, reason)))
+    monkeypatch.setattr(
+        Version,
+        "discard",
+        lambda self, reason: (
+            locked_while.append(UNIT_CACHE.lock_manager.is_locked(record_key(unit))),
+            real_discard(self, reason),
+        ),
+    )
     assert attempt().name == "Completed" and locked_while == [True]
     assert out.read(SAMPLE)["response"].to_pylist() == ["new"] * 3
 
@@ -149,7 +190,9 @@ def test_an_input_deleted_before_or_while_a_unit_reads_it_is_named_in_one_senten
 def test_an_input_recomputed_while_a_unit_reads_it_fails_the_unit_rather_than_mix_old_and_new(copying):
     cfg, storage, unit = copying
     during_work.append(lambda out: during_work.clear() or generated(storage, "new"))
-    with pytest.raises(InputChanged, match=r"generate/en/in was recomputed with other data while copy/en read it; run again"):
+    with pytest.raises(
+        InputChanged, match=r"generate/en/in was recomputed with other data while copy/en read it; run again"
+    ):
         copy.fn(cfg, unit)
     assert not storage.version("copy", "en", "k").committed()
     copy.fn(cfg, unit)  # the retry starts over from the new data
@@ -173,4 +216,7 @@ def test_a_resume_after_its_input_was_recomputed_discards_the_shards_made_from_t
     caplog.set_level("WARNING", logger="croco")
     copy.fn(cfg, unit)
     assert out.read(SAMPLE)["response"].to_pylist() == ["new"] * 3
-    assert "copy/en/k: its finished work was made from other data than its inputs (generate/en) hold now; discarding it and starting over" in caplog.text
+    assert (
+        "copy/en/k: its finished work was made from other data than its inputs (generate/en) hold now; discarding it and starting over"
+        in caplog.text
+    )

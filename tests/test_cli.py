@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_redaction import PLANTED, stored_flow_runs
 
+from conftest import REPO, make_config, save_config
 from croco.cli import main
 from croco.config import STAGE_NAMES
 from croco.errors import CrocoError
-
-from conftest import REPO, make_config, save_config
-from test_redaction import PLANTED, stored_flow_runs
 
 
 @pytest.mark.parametrize("command", ["run", *STAGE_NAMES, "config", "plan", "runs", "gc"])
@@ -31,26 +30,49 @@ def test_every_command_has_help(command, capsys):
     ("override", "error"),
     [
         ("generate.num_sampels=2", "{config}: unknown key generate.num_sampels; did you mean generate.num_samples?"),
-        ("models.policy.path=../escape", "{config}: key models.policy.path: names neither a folder that exists here nor a Hugging Face id such as org/name (got '../escape')"),
-        ("languages=[en, da", "override 'languages=[en, da' is not valid YAML (expected ',' or ']', but got '<stream end>'); write the value as in a config file, e.g. languages=[en,da]"),
+        (
+            "models.policy.path=../escape",
+            "{config}: key models.policy.path: names neither a folder that exists here nor a Hugging Face id such as org/name (got '../escape')",
+        ),
+        (
+            "languages=[en, da",
+            "override 'languages=[en, da' is not valid YAML (expected ',' or ']', but got '<stream end>'); write the value as in a config file, e.g. languages=[en,da]",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(override, error):
     config = REPO / "configs" / "demo.yaml"
-    result = subprocess.run([sys.executable, "-m", "croco.cli", "run", str(config), override], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "croco.cli", "run", str(config), override], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["croco: error: " + error.format(config=config)]
 
 
-def test_a_user_error_inside_a_flow_run_is_its_sentence_and_the_run_log_keeps_the_traceback(tmp_path, tiny_models, prefect_server):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(tmp_path / "missing.jsonl")}], sft={"enabled": False}, dpo={"enabled": False})
+def test_a_user_error_inside_a_flow_run_is_its_sentence_and_the_run_log_keeps_the_traceback(
+    tmp_path, tiny_models, prefect_server
+):
+    cfg = make_config(
+        tmp_path / "store",
+        tiny_models,
+        [{"path": str(tmp_path / "missing.jsonl")}],
+        sft={"enabled": False},
+        dpo={"enabled": False},
+    )
     config = save_config(cfg, tmp_path / "cfg.yaml")
     result = subprocess.run(
-        [sys.executable, "-m", "croco.cli", "run", str(config)], env={**os.environ, "PREFECT_API_URL": prefect_server}, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "croco.cli", "run", str(config)],
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "Encountered exception" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1] == f"croco: error: data file {tmp_path / 'missing.jsonl'} does not exist (data.sources)"
+    assert (
+        result.stderr.splitlines()[-1]
+        == f"croco: error: data file {tmp_path / 'missing.jsonl'} does not exist (data.sources)"
+    )
     [flow_run] = [run for run in stored_flow_runs(prefect_server) if run.parameters.get("config") == str(config)]
     assert any("Traceback" in line.message for line in run_logs(prefect_server, flow_run.id))
 
@@ -62,10 +84,20 @@ def test_only_a_user_error_loses_its_traceback_on_the_terminal():
         try:
             raise error
         except Exception:
-            record = logging.getLogger(logger).makeRecord(logger, logging.ERROR, __file__, 1, "Encountered exception during execution: %r", (error,), sys.exc_info())
+            record = logging.getLogger(logger).makeRecord(
+                logger,
+                logging.ERROR,
+                __file__,
+                1,
+                "Encountered exception during execution: %r",
+                (error,),
+                sys.exc_info(),
+            )
         return _UserErrorFilter().filter(record)
 
-    assert not reported(CrocoError("a sentence"), "prefect.flow_runs") and not reported(CrocoError("a sentence"), "prefect.task_runs")
+    assert not reported(CrocoError("a sentence"), "prefect.flow_runs") and not reported(
+        CrocoError("a sentence"), "prefect.task_runs"
+    )
     assert reported(ValueError("a bug"), "prefect.flow_runs") and reported(CrocoError("not a run's report"), "croco")
 
 
@@ -75,24 +107,36 @@ def test_a_credential_in_an_override_is_refused_before_any_flow_run_exists(tmp_p
     for override, secret in PLANTED.items():
         assert main(["run", str(config), override]) == 2
         error = capsys.readouterr().err
-        assert "holds a credential, which Prefect would store with the flow run; put the key in the environment variable" in error and secret not in error
+        assert (
+            "holds a credential, which Prefect would store with the flow run; put the key in the environment variable"
+            in error
+            and secret not in error
+        )
     assert not [run for run in stored_flow_runs(prefect_server) if run.parameters.get("config") == str(config)]
 
 
 def test_a_killed_run_leaves_no_temporary_prefect_server(tmp_path, tiny_models, prompts_file):
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], generate={"num_samples": 64})
     config = save_config(cfg, tmp_path / "cfg.yaml")
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")} | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home")
+    }
     log = tmp_path / "croco.log"
     with open(log, "wb") as out:
-        croco = subprocess.Popen([sys.executable, "-m", "croco.cli", "run", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        croco = subprocess.Popen(
+            [sys.executable, "-m", "croco.cli", "run", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     servers = []
     try:
         deadline = time.monotonic() + 300
         while b"Beginning flow run" not in log.read_bytes():  # the temporary server is up: a flow run was created on it
             assert croco.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        servers = [pid for pid in children(croco.pid) if b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        servers = [
+            pid
+            for pid in children(croco.pid)
+            if b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
         assert servers and croco.poll() is None
         croco.kill()
         croco.wait()
@@ -151,7 +195,9 @@ def test_readme_config_reference_is_current():
 
     readme = (REPO / "README.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
-    assert readme[readme.index(start) + len(start) : readme.index(end)] == config_reference(), "regenerate it with `croco config --reference`"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == config_reference(), (
+        "regenerate it with `croco config --reference`"
+    )
 
 
 def test_help_lists_every_stage_in_pipeline_order():
@@ -168,11 +214,16 @@ def test_prefetch_of_the_demo_has_nothing_to_download():
 def test_plan_runs_and_gc_show_what_is_stored(tmp_path, tiny_models, prompts_file, capsys):
     from conftest import make_config, run, save_config
 
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False}, dpo={"enabled": False})
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False}, dpo={"enabled": False}
+    )
     path = save_config(cfg, tmp_path / "cfg.yaml")
     assert main(["plan", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [[unit, "run"] for unit in ("prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all")]
+    assert [line.split()[:2] for line in lines] == [
+        [unit, "run"]
+        for unit in ("prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all")
+    ]
     run(cfg, stages=["generate"])
     assert main(["plan", str(path), "generate.max_new_tokens=2"]) == 0
     states = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
@@ -181,7 +232,9 @@ def test_plan_runs_and_gc_show_what_is_stored(tmp_path, tiny_models, prompts_fil
     assert main(["runs", str(path)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["gc", str(path), "--keep", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions and 1 run records; kept 2 versions"  # prompts/da and generate/da: only the older run used them
+    assert (
+        capsys.readouterr().out.splitlines()[-1] == "deleted 2 versions and 1 run records; kept 2 versions"
+    )  # prompts/da and generate/da: only the older run used them
 
 
 def test_config_output_masks_keys_and_url_passwords(capsys):

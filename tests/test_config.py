@@ -3,10 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO
 from croco.config import CrocoConfig, config_reference, load_config, parse_config
 from croco.errors import CrocoError
-
-from conftest import REPO
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -49,9 +48,14 @@ def test_the_judge_is_an_llm_unless_a_reward_judge_is_asked_for():
     assert parse_config(minimal()).judge.kind == "llm"
     unnamed = minimal()
     del unnamed["judge"]
-    with pytest.raises(CrocoError, match=r"^config: judge\.kind is llm \(the default\), which needs judge\.model, .* judge\.kind: reward"):
+    with pytest.raises(
+        CrocoError,
+        match=r"^config: judge\.kind is llm \(the default\), which needs judge\.model, .* judge\.kind: reward",
+    ):
         parse_config(unnamed)
-    assert parse_config({**unnamed, "arena": {"enabled": False}}).judge.model is None  # a judge that never runs needs no model
+    assert (
+        parse_config({**unnamed, "arena": {"enabled": False}}).judge.model is None
+    )  # a judge that never runs needs no model
     assert parse_config({**unnamed, "judge": {"kind": "reward"}}).judge.kind == "reward"
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert demo["judge"]["kind"] == "reward"  # the demo's reward judge is asked for, not a default
@@ -70,7 +74,9 @@ def test_unknown_top_level_key():
 def test_unknown_key_inside_a_list_item():
     raw = minimal()
     raw["data"]["sources"][0]["langauge"] = "da"
-    with pytest.raises(CrocoError, match=r"unknown key data\.sources\.0\.langauge; did you mean data\.sources\.0\.language\?"):
+    with pytest.raises(
+        CrocoError, match=r"unknown key data\.sources\.0\.langauge; did you mean data\.sources\.0\.language\?"
+    ):
         parse_config(raw)
 
 
@@ -93,8 +99,12 @@ def test_missing_required_key():
 
 def test_overrides_reach_any_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("languages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\njudge: {model: {path: j}}\n")
-    cfg = load_config(path, ["generate.num_samples=8", "languages=[en,da]", "score.engine.batch_size=2", "models.policy.adapter=ad"])
+    path.write_text(
+        "languages: [en]\nmodels: {policy: {path: a}, reward: {path: b}}\ndata: {sources: [{path: p.jsonl}]}\njudge: {model: {path: j}}\n"
+    )
+    cfg = load_config(
+        path, ["generate.num_samples=8", "languages=[en,da]", "score.engine.batch_size=2", "models.policy.adapter=ad"]
+    )
     assert cfg.generate.num_samples == 8 and cfg.languages == ["en", "da"]
     assert cfg.score.engine.batch_size == 2 and cfg.models.policy.adapter == "ad"
 
@@ -115,7 +125,13 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_reference_documents_every_leaf_key():
     reference = config_reference()
-    for key in ("generate.num_samples", "score.max_len", "models.policy.trust_remote_code", "data.sources[].path", "generate.engine.batch_size"):
+    for key in (
+        "generate.num_samples",
+        "score.max_len",
+        "models.policy.trust_remote_code",
+        "data.sources[].path",
+        "generate.engine.batch_size",
+    ):
         assert f"`{key}`" in reference
 
 
@@ -128,15 +144,31 @@ def test_training_defaults_are_the_papers():
     cfg = parse_config(minimal())
     assert (cfg.sft.learning_rate, cfg.dpo.learning_rate, cfg.dpo.beta) == (2e-4, 5e-6, 0.1)
     for train in (cfg.sft, cfg.dpo):
-        assert (train.lr_scheduler, train.max_length, train.batch_size, train.gradient_accumulation) == ("cosine", 4096, 1, 8)
+        assert (train.lr_scheduler, train.max_length, train.batch_size, train.gradient_accumulation) == (
+            "cosine",
+            4096,
+            1,
+            8,
+        )
         assert (train.warmup_ratio, train.weight_decay, train.epochs, train.eval_fraction) == (0.05, 0.01, 1.0, 0.01)
         assert (train.lora.r, train.lora.alpha, train.lora.dropout) == (16, 32, 0.05)
-        assert train.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        assert train.lora.target_modules == [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
 
 
 def test_a_config_saved_by_a_windows_editor_loads_and_one_not_in_utf8_is_named(tmp_path):
     windows = tmp_path / "windows.yaml"
-    text = yaml.safe_dump(minimal(data={"sources": [{"path": "sm\u00f8rrebr\u00f8d.jsonl"}]}, judge={"enabled": False}), allow_unicode=True)
+    text = yaml.safe_dump(
+        minimal(data={"sources": [{"path": "sm\u00f8rrebr\u00f8d.jsonl"}]}, judge={"enabled": False}),
+        allow_unicode=True,
+    )
     windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     assert load_config(windows).data.sources[0].path == "sm\u00f8rrebr\u00f8d.jsonl"
     latin1 = tmp_path / "latin1.yaml"
@@ -147,9 +179,15 @@ def test_a_config_saved_by_a_windows_editor_loads_and_one_not_in_utf8_is_named(t
 
 def test_a_model_is_a_folder_here_an_embedded_model_or_a_hub_id(tmp_path):
     for key in ("path", "adapter"):
-        with pytest.raises(CrocoError, match=rf"^config: key models\.policy\.{key}: names neither a folder that exists here nor a Hugging Face id such as org/name \(got '\.\./escape'\)$"):
+        with pytest.raises(
+            CrocoError,
+            match=rf"^config: key models\.policy\.{key}: names neither a folder that exists here nor a Hugging Face id such as org/name \(got '\.\./escape'\)$",
+        ):
             parse_config(minimal(models={"policy": {"path": "a", key: "../escape"}, "reward": {"path": "b"}}))
-    with pytest.raises(CrocoError, match=r"^config: key evaluate\.models\.mine\.path: unknown embedded model; use embedded:smollm2-135m-instruct or embedded:croco-demo-reward"):
+    with pytest.raises(
+        CrocoError,
+        match=r"^config: key evaluate\.models\.mine\.path: unknown embedded model; use embedded:smollm2-135m-instruct or embedded:croco-demo-reward",
+    ):
         parse_config(minimal(evaluate={"models": {"mine": {"path": "embedded:smollm3"}}}))
     folder = tmp_path / "merged..model"  # not a hub id, but a folder that exists
     folder.mkdir()
@@ -158,13 +196,25 @@ def test_a_model_is_a_folder_here_an_embedded_model_or_a_hub_id(tmp_path):
 
 
 def test_an_override_that_is_not_yaml_is_named():
-    with pytest.raises(CrocoError, match=r"^override 'languages=\[en, da' is not valid YAML \(expected ',' or '\]', but got '<stream end>'\); write the value as"):
+    with pytest.raises(
+        CrocoError,
+        match=r"^override 'languages=\[en, da' is not valid YAML \(expected ',' or '\]', but got '<stream end>'\); write the value as",
+    ):
         load_config(REPO / "configs" / "demo.yaml", ["languages=[en, da"])
 
 
 def test_a_number_written_with_an_exponent_is_a_number(tmp_path):
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["sft.learning_rate=1e-4", "dpo={learning_rate: 5E-7, beta: 2e0}", "languages=[en, da]", "name=1e4x"])
-    assert (cfg.sft.learning_rate, cfg.dpo.learning_rate, cfg.dpo.beta, cfg.languages, cfg.name) == (1e-4, 5e-7, 2.0, ["en", "da"], "1e4x")
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml",
+        ["sft.learning_rate=1e-4", "dpo={learning_rate: 5E-7, beta: 2e0}", "languages=[en, da]", "name=1e4x"],
+    )
+    assert (cfg.sft.learning_rate, cfg.dpo.learning_rate, cfg.dpo.beta, cfg.languages, cfg.name) == (
+        1e-4,
+        5e-7,
+        2.0,
+        ["en", "da"],
+        "1e4x",
+    )
     written = tmp_path / "c.yaml"
     written.write_text(yaml.safe_dump(minimal()) + "sft: {learning_rate: 3e-5}\n")
     assert load_config(written).sft.learning_rate == 3e-5

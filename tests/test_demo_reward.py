@@ -4,7 +4,7 @@ import pytest
 
 from croco.config import EngineConfig, ModelConfig
 from croco.demo_reward import WRONG_LANGUAGE, load_pairs, repetitive, split_pairs, truncated
-from croco.embedded import REWARD, PREFIX, resolve_model
+from croco.embedded import PREFIX, REWARD, resolve_model
 from croco.engines.transformers_engine import TransformersScorer
 
 
@@ -36,7 +36,9 @@ def test_saved_demo_reward_model_ranks_held_out_pairs_well(demo_reward):
     _, held_out = split_pairs(load_pairs())
 
     def rewards(answer_of) -> list[float]:
-        conversations = [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": answer_of(p)}] for p in held_out]
+        conversations = [
+            [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": answer_of(p)}] for p in held_out
+        ]
         return [score.reward for score in scorer.score(conversations, max_len=4096)]
 
     wins = [c > r for c, r in zip(rewards(lambda p: p.chosen), rewards(lambda p: p.rejected))]

@@ -1,7 +1,6 @@
+from conftest import scripted_choice, scripted_openai_server
 from croco.config import parse_config
 from croco.judging import Battle, LLMJudge, Verdict, judge_prompt, parse_verdict
-
-from conftest import scripted_choice, scripted_openai_server
 
 
 def test_last_verdict_counts_and_order_maps_to_the_model():
@@ -31,11 +30,16 @@ def battle(question_id: str, order: str = "model_first") -> Battle:
 
 def test_a_battle_is_judged_with_the_same_seed_wherever_it_falls():
     def reply(request):
-        return {"choices": [scripted_choice(0, "[[1]]")], "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}
+        return {
+            "choices": [scripted_choice(0, "[[1]]")],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+        }
 
     with scripted_openai_server(reply) as (url, received):
         raw = {
-            "languages": ["en"], "models": {"policy": {"path": "a"}, "reward": {"path": "b"}}, "data": {"sources": [{"path": "p.jsonl"}]},
+            "languages": ["en"],
+            "models": {"policy": {"path": "a"}, "reward": {"path": "b"}},
+            "data": {"sources": [{"path": "p.jsonl"}]},
             "judge": {"model": {"path": "judge"}, "engine": {"name": "openai", "base_url": url}},
         }
         judge = LLMJudge(parse_config(raw))
@@ -57,8 +61,11 @@ def test_a_local_judge_retrained_in_place_gets_a_new_identity(tiny_models, tmp_p
 
     judge = shutil.copytree(tiny_models["policy"], tmp_path / "judge")
     reward = shutil.copytree(tiny_models["reward"], tmp_path / "reward-judge")
-    raw = {"languages": ["en"], "models": {"policy": {"path": tiny_models["policy"]}, "reward": {"path": tiny_models["reward"]}},
-           "data": {"sources": [{"path": "prompts.jsonl"}]}}
+    raw = {
+        "languages": ["en"],
+        "models": {"policy": {"path": tiny_models["policy"]}, "reward": {"path": tiny_models["reward"]}},
+        "data": {"sources": [{"path": "prompts.jsonl"}]},
+    }
 
     def identities() -> tuple[dict, dict]:
         llm = parse_config({**raw, "judge": {"kind": "llm", "model": {"path": str(judge)}}})

@@ -4,16 +4,18 @@ import json
 
 import pytest
 
+from conftest import write_jsonl
 from croco.cli import main
 from croco.errors import CrocoError
 from croco.migrate import language_of, migrate
 from croco.pairing import PRODUCTS
 
-from conftest import write_jsonl
-
 
 def scored_line(prompt, response, reward):
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], "reward_score": reward}
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        "reward_score": reward,
+    }
 
 
 def original_line(prompt):
@@ -27,7 +29,9 @@ def original_layout(tmp_path):
     write_jsonl(tmp_path / "train_da.jsonl", [original_line("Nævn en frugt."), original_line("Nævn en farve.")])
     en = [
         scored_line("Name a fruit.", "Apple.", 1.0),
-        scored_line("Name a colour.", "Blue.", 0.5),  # lines of two prompts interleave: matched by prompt, not by position
+        scored_line(
+            "Name a colour.", "Blue.", 0.5
+        ),  # lines of two prompts interleave: matched by prompt, not by position
         scored_line("Name a fruit.", "Banana!", 5.0),
         scored_line("Name a fruit.", "fruit fruit", 0.0),
         scored_line("Name a fruit.", "Pear.", 3.0),
@@ -41,7 +45,10 @@ def original_layout(tmp_path):
         scored_line("Nævn en farve.", "Blå.", 1.5),
         scored_line("Unknown prompt", "?", 1.0),
     ]
-    return [write_jsonl(tmp_path / "scored_en.jsonl", en), write_jsonl(tmp_path / "scored_da.jsonl", da)], [tmp_path / "train_en.jsonl", tmp_path / "train_da.jsonl"]
+    return [write_jsonl(tmp_path / "scored_en.jsonl", en), write_jsonl(tmp_path / "scored_da.jsonl", da)], [
+        tmp_path / "train_en.jsonl",
+        tmp_path / "train_da.jsonl",
+    ]
 
 
 def read(path):
@@ -68,14 +75,21 @@ def test_selections_match_the_hand_worked_case(tmp_path, original_layout):
 
     # all languages, prompt 0: [1, 5, 0, 3] + [6, 2]: chosen da Æble (6); mean 2.83, std 2.19, target -1.55 -> en "fruit fruit"
     everything = {r["prompt_id"]: r for r in read(out / "dpo_all_languages.jsonl")}
-    assert (everything["0"]["chosen_language"], everything["0"]["rejected_language"], everything["0"]["language"]) == ("da", "en", "da")
+    assert (everything["0"]["chosen_language"], everything["0"]["rejected_language"], everything["0"]["language"]) == (
+        "da",
+        "en",
+        "da",
+    )
     assert everything["0"]["rejected"][0]["content"] == "fruit fruit"
     # prompt 1: en [0.5, 0.5] + da [1.5]: chosen da Blå, rejected the earlier en 0.5 (Blue.)
     assert (everything["1"]["chosen"][0]["content"], everything["1"]["rejected"][0]["content"]) == ("Blå.", "Blue.")
     assert {r["prompt_id"]: r["language"] for r in read(out / "sft_all_languages.jsonl")} == {"0": "da", "1": "da"}
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rejected_samples"] == {"scored_da.jsonl/failed_score_marker": 1, "scored_da.jsonl/prompt_not_in_originals": 1}
+    assert manifest["rejected_samples"] == {
+        "scored_da.jsonl/failed_score_marker": 1,
+        "scored_da.jsonl/prompt_not_in_originals": 1,
+    }
     assert manifest["skipped"]["dpo_in_language/no_sample_below_chosen"] == 1
     assert manifest["skipped"]["dpo_in_language/pool_too_small"] == 1
 
@@ -104,7 +118,12 @@ def test_malformed_scored_lines_name_file_and_line(tmp_path, original_layout, li
 
 def test_non_finite_rewards_are_counted_not_paired(tmp_path, original_layout):
     _, originals = original_layout
-    lines = [scored_line("Name a fruit.", "a", 1.0), scored_line("Name a fruit.", "b", float("nan")), scored_line("Name a fruit.", "c", float("inf")), scored_line("Name a fruit.", "d", 0.0)]
+    lines = [
+        scored_line("Name a fruit.", "a", 1.0),
+        scored_line("Name a fruit.", "b", float("nan")),
+        scored_line("Name a fruit.", "c", float("inf")),
+        scored_line("Name a fruit.", "d", 0.0),
+    ]
     scored = write_jsonl(tmp_path / "scored_en.jsonl", lines)
     report = migrate([scored], originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
     assert report["rejected_samples"] == {"scored_en.jsonl/non_finite_reward": 2}
@@ -115,20 +134,30 @@ def test_missing_and_non_numeric_rewards_are_counted_by_reason_like_nan(tmp_path
     _, originals = original_layout
     no_reward = {"messages": scored_line("Name a fruit.", "e", 0)["messages"]}
     lines = [
-        scored_line("Name a fruit.", "a", 1.0), scored_line("Name a fruit.", "b", "high"), no_reward,
-        scored_line("Name a fruit.", "c", None), scored_line("Name a fruit.", "d", True), scored_line("Name a fruit.", "f", float("nan")),
+        scored_line("Name a fruit.", "a", 1.0),
+        scored_line("Name a fruit.", "b", "high"),
+        no_reward,
+        scored_line("Name a fruit.", "c", None),
+        scored_line("Name a fruit.", "d", True),
+        scored_line("Name a fruit.", "f", float("nan")),
         scored_line("Name a fruit.", "g", 0.0),
     ]
     scored = write_jsonl(tmp_path / "scored_en.jsonl", lines)
     caplog.set_level("INFO", logger="croco")
-    assert main(["pair", "--scored", str(scored), "--originals", *map(str, originals), "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["pair", "--scored", str(scored), "--originals", *map(str, originals), "--out", str(tmp_path / "o")]) == 0
+    )
     report = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert report["rejected_samples"] == {
-        "scored_en.jsonl/reward_not_a_number": 2, "scored_en.jsonl/reward_missing": 2, "scored_en.jsonl/non_finite_reward": 1,
+        "scored_en.jsonl/reward_not_a_number": 2,
+        "scored_en.jsonl/reward_missing": 2,
+        "scored_en.jsonl/non_finite_reward": 1,
     }
     assert report["records_in"] == 7 and "not used: scored_en.jsonl/reward_missing: 2" in caplog.text
     # sample indices follow file order, counted lines included
-    assert [(r["chosen_sample_index"], r["rejected_sample_index"]) for r in read(tmp_path / "o" / "dpo_in_language.jsonl")] == [(0, 6)]
+    assert [
+        (r["chosen_sample_index"], r["rejected_sample_index"]) for r in read(tmp_path / "o" / "dpo_in_language.jsonl")
+    ] == [(0, 6)]
 
 
 def test_language_comes_from_the_file_name(tmp_path):
@@ -138,7 +167,10 @@ def test_language_comes_from_the_file_name(tmp_path):
     assert language_of(tmp_path / "eurollm-9b_danish_scored.jsonl") == "da"
     assert language_of(tmp_path / "danish.jsonl") == "da"
     assert language_of(tmp_path / "no_suffix_German_scored.jsonl") == "de"  # the last word wins over "no" (Norwegian)
-    with pytest.raises(CrocoError, match=r"^cannot tell the language of .*scored\.jsonl from its name; end it with a language code or name"):
+    with pytest.raises(
+        CrocoError,
+        match=r"^cannot tell the language of .*scored\.jsonl from its name; end it with a language code or name",
+    ):
         language_of(tmp_path / "scored.jsonl")
 
 
@@ -150,7 +182,9 @@ def test_the_original_codes_file_names_pair_as_codes_do(tmp_path, original_layou
     report = migrate(renamed[:2], renamed[2:], tmp_path / "by-name", "mean_minus_2sigma", -2.0, "chosen", 42)
     assert report["settings"]["languages"] == ["en", "da"]
     for product in PRODUCTS:
-        assert (tmp_path / "by-name" / f"{product}.jsonl").read_text() == (tmp_path / "by-code" / f"{product}.jsonl").read_text()
+        assert (tmp_path / "by-name" / f"{product}.jsonl").read_text() == (
+            tmp_path / "by-code" / f"{product}.jsonl"
+        ).read_text()
 
 
 def test_windows_saved_inputs_read_and_bytes_that_are_not_utf8_are_named(tmp_path, original_layout):
@@ -158,14 +192,19 @@ def test_windows_saved_inputs_read_and_bytes_that_are_not_utf8_are_named(tmp_pat
     for path in (*scored, *originals):  # a BOM and CRLF line ends, as Windows editors save files
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
     report = migrate(scored, originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
-    assert report["products"]["dpo_in_language"] == 2 and "scored_en.jsonl/prompt_not_in_originals" not in report["rejected_samples"]
+    assert (
+        report["products"]["dpo_in_language"] == 2
+        and "scored_en.jsonl/prompt_not_in_originals" not in report["rejected_samples"]
+    )
     assert read(tmp_path / "o" / "dpo_in_language.jsonl")[0]["chosen"] == [{"role": "assistant", "content": "Banana!"}]
 
     first = scored[0].read_bytes().splitlines(keepends=True)[0]
     latin1 = json.dumps(scored_line("Name a fruit.", "Kæmpe", 1.0), ensure_ascii=False).encode("latin-1") + b"\n"
     scored[0].write_bytes(first + latin1)
     byte = len(first) + latin1.index(b"\xe6")
-    with pytest.raises(CrocoError, match=rf"^{scored[0]} line 2 is not UTF-8 \(byte offset {byte}\); save the file as UTF-8$"):
+    with pytest.raises(
+        CrocoError, match=rf"^{scored[0]} line 2 is not UTF-8 \(byte offset {byte}\); save the file as UTF-8$"
+    ):
         migrate(scored, originals, tmp_path / "o", "mean_minus_2sigma", -2.0, "chosen", 42)
     latin1 = json.dumps(original_line("Nævn en frugt."), ensure_ascii=False).encode("latin-1") + b"\n"
     originals[1].write_bytes(latin1)

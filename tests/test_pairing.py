@@ -81,7 +81,7 @@ def test_many_pools_at_once_match_one_at_a_time():
     order = np.arange(2000)
     reward = rng.normal(size=2000).round(1)  # rounding makes ties common
     together = select(group, order, reward)
-    for pool, (g, c, r) in enumerate(zip(together.group, together.chosen, together.rejected)):
+    for g, c, r in zip(together.group, together.chosen, together.rejected):
         rows = np.flatnonzero(group == g)
         alone = select(np.zeros(len(rows), dtype=np.int64), order[rows], reward[rows])
         assert rows[alone.chosen[0]] == c

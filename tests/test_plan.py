@@ -2,9 +2,8 @@
 
 import json
 
-from croco.plan import build_plan
-
 from conftest import make_config
+from croco.plan import build_plan
 
 
 def keys(cfg) -> dict[str, str]:
@@ -23,22 +22,44 @@ def test_a_language_keeps_its_keys_whichever_other_languages_run(tmp_path, tiny_
 def test_execution_settings_never_change_a_key(tmp_path, tiny_models, prompts_file):
     base = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
     faster = make_config(
-        tmp_path, tiny_models, [{"path": str(prompts_file)}],
-        generate={"engine": {"batch_size": 1, "device": "cpu"}}, score={"engine": {"batch_size": 2}},
-        retries={"default": {"attempts": 5, "delay_s": 1}}, sft={"save_steps": 7}, name="another-name",
+        tmp_path,
+        tiny_models,
+        [{"path": str(prompts_file)}],
+        generate={"engine": {"batch_size": 1, "device": "cpu"}},
+        score={"engine": {"batch_size": 2}},
+        retries={"default": {"attempts": 5, "delay_s": 1}},
+        sft={"save_steps": 7},
+        name="another-name",
     )
     assert keys(faster) == base
     served = {"name": "openai", "base_url": "http://127.0.0.1:8000/v1", "served_model": "policy"}
     one = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": served}))
-    elsewhere = {**served, "base_url": "http://10.0.0.1:9000/v1", "concurrency": 64, "timeout_s": 5.0, "max_retries": 0, "api_key_env": "K"}
-    assert keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": elsewhere})) == one
+    elsewhere = {
+        **served,
+        "base_url": "http://10.0.0.1:9000/v1",
+        "concurrency": 64,
+        "timeout_s": 5.0,
+        "max_retries": 0,
+        "api_key_env": "K",
+    }
+    assert (
+        keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": elsewhere})) == one
+    )
     assert one["generate/en"] != base["generate/en"]  # another engine samples differently
 
 
 def test_a_setting_changes_its_stage_and_every_stage_after_it(tmp_path, tiny_models, prompts_file):
     base = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
     changed = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"max_new_tokens": 3}))
-    assert {u for u in base if base[u] != changed[u]} == {"generate/en", "generate/da", "score/en", "score/da", "pair/all", "sft/all", "dpo/all"}
+    assert {u for u in base if base[u] != changed[u]} == {
+        "generate/en",
+        "generate/da",
+        "score/en",
+        "score/da",
+        "pair/all",
+        "sft/all",
+        "dpo/all",
+    }
     rescored = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], score={"max_len": 99}))
     assert {u for u in base if base[u] != rescored[u]} == {"score/en", "score/da", "pair/all", "sft/all", "dpo/all"}
     sft_only = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], sft={"learning_rate": 1e-3}))
@@ -49,7 +70,14 @@ def test_a_languages_records_in_a_shared_file_are_in_its_key_and_no_other(tmp_pa
     before = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
     prompts_file.write_text(prompts_file.read_text().replace("Question 0 in en", "Question zero in en"))
     edited = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}]))
-    assert {u for u in before if before[u] != edited[u]} == {"prompts/en", "generate/en", "score/en", "pair/all", "sft/all", "dpo/all"}
+    assert {u for u in before if before[u] != edited[u]} == {
+        "prompts/en",
+        "generate/en",
+        "score/en",
+        "pair/all",
+        "sft/all",
+        "dpo/all",
+    }
     with open(prompts_file, "a", encoding="utf-8") as handle:  # a new language's rows added to the same file
         handle.write('{"prompt_id": "p0", "language": "ga", "messages": [{"role": "user", "content": "Ceist?"}]}\n')
     with_ga = keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], languages=["en", "da", "ga"]))
@@ -65,8 +93,15 @@ def test_a_disabled_stage_has_no_units_and_evaluation_reads_the_adapters(tmp_pat
     judged = {"arena": {"prompts": {"path": "embedded:demo-arena"}}, "judge": {"kind": "reward"}}
     arena = build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], **judged))
     assert dict(arena.by_id["arena/da/dpo"].inputs) == {"dpo/all": arena.by_id["dpo/all"].version_path}
-    assert [u.id for u in arena.of("judge")] == ["judge/en/sft", "judge/en/dpo", "judge/da/sft", "judge/da/dpo"]  # not the baseline
-    assert dict(arena.by_id["judge/da/dpo"].inputs) == {name: arena.by_id[name].version_path for name in ("arena/da/dpo", "arena/da/policy")}
+    assert [u.id for u in arena.of("judge")] == [
+        "judge/en/sft",
+        "judge/en/dpo",
+        "judge/da/sft",
+        "judge/da/dpo",
+    ]  # not the baseline
+    assert dict(arena.by_id["judge/da/dpo"].inputs) == {
+        name: arena.by_id[name].version_path for name in ("arena/da/dpo", "arena/da/policy")
+    }
 
 
 def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file):
@@ -75,7 +110,9 @@ def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file)
     policy = shutil.copytree(tiny_models["policy"], tmp_path / "policy")
     models = {**tiny_models, "policy": str(policy)}
     before = keys(make_config(tmp_path, models, [{"path": str(prompts_file)}]))
-    (policy / "generation_config.json").write_text((policy / "generation_config.json").read_text().replace("}", ', "retrained": true}', 1))
+    (policy / "generation_config.json").write_text(
+        (policy / "generation_config.json").read_text().replace("}", ', "retrained": true}', 1)
+    )
     after = keys(make_config(tmp_path, models, [{"path": str(prompts_file)}]))
     assert {u for u in before if before[u] != after[u]} == {u for u in before if not u.startswith("prompts/")}
 
@@ -85,13 +122,19 @@ def test_keys_do_not_depend_on_where_croco_is_installed():
     from croco.sources import fingerprint
 
     found = fingerprint(DataSource(path="embedded:demo-prompts"), "da", "language")
-    assert found["location"] == "embedded:demo-prompts" and "site-packages" not in str(found) and "/src/croco/" not in str(found)
+    assert (
+        found["location"] == "embedded:demo-prompts"
+        and "site-packages" not in str(found)
+        and "/src/croco/" not in str(found)
+    )
 
 
 def test_a_url_password_is_in_no_key_and_no_manifest_setting(tmp_path, tiny_models, prompts_file):
     def plan_with(password: str):
         hub = {"path": f"https://reader:{password}@data.example.org/prompts", "language": "en"}
-        return build_plan(make_config(tmp_path, tiny_models, [hub, {"path": str(prompts_file), "language": "da"}]), ["prompts"])
+        return build_plan(
+            make_config(tmp_path, tiny_models, [hub, {"path": str(prompts_file), "language": "da"}]), ["prompts"]
+        )
 
     one, rotated = plan_with("first-secret"), plan_with("second-secret")
     assert {u.id: u.key for u in one.units} == {u.id: u.key for u in rotated.units}
@@ -101,11 +144,15 @@ def test_a_url_password_is_in_no_key_and_no_manifest_setting(tmp_path, tiny_mode
 
 def test_hub_dataset_names_that_differ_only_in_a_token_like_part_have_their_own_keys(tmp_path, tiny_models):
     def plan_of(name: str):
-        return build_plan(make_config(tmp_path, tiny_models, [{"path": name, "language": "en"}], languages=["en"]), ["prompts"])
+        return build_plan(
+            make_config(tmp_path, tiny_models, [{"path": name, "language": "en"}], languages=["en"]), ["prompts"]
+        )
 
     one, two = plan_of("acme/sk-multilingual-prompts-v1"), plan_of("acme/sk-multilingual-prompts-v2")
     assert one.by_id["prompts/en"].key != two.by_id["prompts/en"].key  # both mask to acme/***: hashed unmasked
-    assert "sk-multilingual" not in json.dumps(one.by_id["prompts/en"].settings)  # what the manifest stores stays masked
+    assert "sk-multilingual" not in json.dumps(
+        one.by_id["prompts/en"].settings
+    )  # what the manifest stores stays masked
 
 
 def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_stands_for(tmp_path, tiny_models, monkeypatch):
@@ -120,7 +167,10 @@ def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_stands_for(tmp_path, 
     def unit_at(commit: str):
         ref.write_text(commit)
         hub_commit.cache_clear()
-        return build_plan(make_config(tmp_path, tiny_models, [{"path": "acme/prompts", "language": "en"}], languages=["en"]), ["prompts"]).by_id["prompts/en"]
+        return build_plan(
+            make_config(tmp_path, tiny_models, [{"path": "acme/prompts", "language": "en"}], languages=["en"]),
+            ["prompts"],
+        ).by_id["prompts/en"]
 
     first, updated = unit_at("a" * 40), unit_at("b" * 40)
     assert first.key != updated.key and first.settings["inputs"][0]["commit"] == "a" * 40
@@ -133,8 +183,15 @@ def test_the_same_model_and_data_moved_elsewhere_keep_their_keys(tmp_path, tiny_
     def plan_at(folder):
         policy = shutil.copytree(tiny_models["policy"], folder / "policy")
         data = shutil.copy(prompts_file, folder / "prompts.jsonl")
-        dataset = shutil.copytree(prompts_file.parent, folder / "dataset", ignore=lambda _, names: [n for n in names if n != prompts_file.name])
-        sources = [{"path": str(data), "language": "en"}, {"path": str(dataset), "language": "da"}]  # a file, a dataset folder
+        dataset = shutil.copytree(
+            prompts_file.parent,
+            folder / "dataset",
+            ignore=lambda _, names: [n for n in names if n != prompts_file.name],
+        )
+        sources = [
+            {"path": str(data), "language": "en"},
+            {"path": str(dataset), "language": "da"},
+        ]  # a file, a dataset folder
         return build_plan(make_config(tmp_path, {**tiny_models, "policy": str(policy)}, sources))
 
     here, there = plan_at(tmp_path / "here"), plan_at(tmp_path / "there")
@@ -152,6 +209,18 @@ def test_the_device_class_and_resolved_dtype_are_in_the_keys_of_what_a_model_mak
     assert precision(auto, "cpu") == {"device": "cpu", "dtype": "float32"}
     assert precision(auto, "cuda:1") == {"device": "cuda", "dtype": "bfloat16"}
     assert precision(auto.model_copy(update={"dtype": "float32"}), "cuda") == {"device": "cuda", "dtype": "float32"}
-    on = {device: keys(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"engine": {"device": device}},
-                                   score={"engine": {"device": device}})) for device in ("cpu", "cuda")}
-    assert {u for u in on["cpu"] if on["cpu"][u] != on["cuda"][u]} == {u for u in on["cpu"] if not u.startswith("prompts/")}
+    on = {
+        device: keys(
+            make_config(
+                tmp_path,
+                tiny_models,
+                [{"path": str(prompts_file)}],
+                generate={"engine": {"device": device}},
+                score={"engine": {"device": device}},
+            )
+        )
+        for device in ("cpu", "cuda")
+    }
+    assert {u for u in on["cpu"] if on["cpu"][u] != on["cuda"][u]} == {
+        u for u in on["cpu"] if not u.startswith("prompts/")
+    }

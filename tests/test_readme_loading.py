@@ -5,11 +5,11 @@ import re
 import subprocess
 import sys
 
-from croco.records import SAMPLE
-from croco.storage import Storage
+from test_storage_s3 import s3_server  # noqa: F401 (the fixture: a real S3-compatible server)
 
 from conftest import REPO
-from test_storage_s3 import s3_server  # noqa: F401 (the fixture: a real S3-compatible server)
+from croco.records import SAMPLE
+from croco.storage import Storage
 
 
 def readme_snippets() -> tuple[str, str]:
@@ -23,9 +23,23 @@ def readme_snippets() -> tuple[str, str]:
 
 
 def test_the_readme_loads_a_local_and_an_s3_version_under_hf_datasets_offline(tmp_path, s3_server, monkeypatch):  # noqa: F811
-    for name, value in {**s3_server, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}.items():
+    for name, value in {
+        **s3_server,
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }.items():
         monkeypatch.setenv(name, value)
-    samples = [{**dict.fromkeys(SAMPLE.names, "x"), "prompt_id": f"p{i}", "sample_index": 0, "prompt_tokens": 1, "completion_tokens": 1} for i in range(3)]
+    samples = [
+        {
+            **dict.fromkeys(SAMPLE.names, "x"),
+            "prompt_id": f"p{i}",
+            "sample_index": 0,
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+        }
+        for i in range(3)
+    ]
     prefix = f"s3://croco/{tmp_path.name}"
     for root in (str(tmp_path / "runs/demo"), prefix):
         version = Storage(root).version("generate", "da", "k1")
@@ -35,14 +49,21 @@ def test_the_readme_loads_a_local_and_an_s3_version_under_hf_datasets_offline(tm
 
     block, reader = readme_snippets()
     endpoint = s3_server["AWS_ENDPOINT_URL"]
-    code = "\n".join([
-        "import datasets, json",
-        "from croco.records import SAMPLE",
-        "from croco.storage import Storage",
-        block,
-        f"checked = {reader}",
-        "print(json.dumps([sorted(row['prompt_id'] for row in loaded) for loaded in (local, remote, checked)]))",
-    ]).replace("<key>", "k1").replace("s3://bucket/prefix", prefix).replace("http://127.0.0.1:5555", endpoint)
+    code = (
+        "\n".join(
+            [
+                "import datasets, json",
+                "from croco.records import SAMPLE",
+                "from croco.storage import Storage",
+                block,
+                f"checked = {reader}",
+                "print(json.dumps([sorted(row['prompt_id'] for row in loaded) for loaded in (local, remote, checked)]))",
+            ]
+        )
+        .replace("<key>", "k1")
+        .replace("s3://bucket/prefix", prefix)
+        .replace("http://127.0.0.1:5555", endpoint)
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == [["p0", "p1", "p2"]] * 3

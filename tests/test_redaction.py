@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 
+from conftest import REPO
 from croco.errors import CrocoError
 from croco.redaction import api_key, redact, redact_value
-
-from conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -31,23 +30,38 @@ def test_credentials_are_masked(text, masked):
     assert redact(text) == masked
 
 
-@pytest.mark.parametrize("text", ["api_key_env: CROCO_KEY", "max_new_tokens: 4096", "cache key 0123456789abcdef sha256 " + "ab" * 32, "a non-token answer"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api_key_env: CROCO_KEY",
+        "max_new_tokens: 4096",
+        "cache key 0123456789abcdef sha256 " + "ab" * 32,
+        "a non-token answer",
+    ],
+)
 def test_ordinary_text_is_left_alone(text):
     assert redact(text) == text
 
 
 def test_a_command_line_as_a_list_masks_the_value_after_a_key_flag():
-    assert redact_value({"extra_args": ["--api-key", "plain", "--num-iterations", "3"], "n": 3}) == {"extra_args": ["--api-key", "***", "--num-iterations", "3"], "n": 3}
+    assert redact_value({"extra_args": ["--api-key", "plain", "--num-iterations", "3"], "n": 3}) == {
+        "extra_args": ["--api-key", "***", "--num-iterations", "3"],
+        "n": 3,
+    }
 
 
 def test_a_key_from_its_variable_is_masked_in_log_lines_and_errors(monkeypatch, caplog):
     monkeypatch.setenv("CROCO_TEST_REDACTION_KEY", "no-pattern-would-catch-this")
     assert api_key("CROCO_TEST_REDACTION_KEY", "engine.api_key_env") == "no-pattern-would-catch-this"
     caplog.set_level(logging.INFO, logger="croco")
-    logging.getLogger("croco").info("sending %s to %s", "no-pattern-would-catch-this", "http://user:hunter22@127.0.0.1:8000/v1")
+    logging.getLogger("croco").info(
+        "sending %s to %s", "no-pattern-would-catch-this", "http://user:hunter22@127.0.0.1:8000/v1"
+    )
     assert caplog.messages == ["sending *** to http://***@127.0.0.1:8000/v1"]
     assert str(CrocoError("request to http://user:hunter22@host/v1 failed")) == "request to http://***@host/v1 failed"
-    with pytest.raises(CrocoError, match=r"^environment variable CROCO_TEST_UNSET_KEY \(euroeval.api_key_env\) is not set"):
+    with pytest.raises(
+        CrocoError, match=r"^environment variable CROCO_TEST_UNSET_KEY \(euroeval.api_key_env\) is not set"
+    ):
         api_key("CROCO_TEST_UNSET_KEY", "euroeval.api_key_env")
 
 
@@ -79,8 +93,12 @@ def test_a_deployment_refuses_a_run_whose_parameters_hold_a_credential(tmp_path,
     config = str(tmp_path / "deployed.yaml")
     pipeline.to_deployment(name="credentials").apply()
     for override in PLANTED:  # what the UI's Run button sends
-        with pytest.raises(Exception, match=r"409 Conflict.*Validation failed for field .*overrides.*should not be valid under"):
-            run_deployment("croco-pipeline/credentials", parameters={"config": config, "overrides": [override]}, timeout=0)
+        with pytest.raises(
+            Exception, match=r"409 Conflict.*Validation failed for field .*overrides.*should not be valid under"
+        ):
+            run_deployment(
+                "croco-pipeline/credentials", parameters={"config": config, "overrides": [override]}, timeout=0
+            )
     stored = json.dumps([run.parameters for run in stored_flow_runs(prefect_server)])
     assert config not in stored and not [secret for secret in PLANTED.values() if secret in stored]
 
@@ -90,8 +108,12 @@ def test_a_flow_run_given_a_credential_fails_and_prefect_keeps_it_masked(tmp_pat
 
     config = tmp_path / "called.yaml"
     shutil.copy(REPO / "configs" / "demo.yaml", config)
-    with pytest.raises(CrocoError, match=r"^override 'euroeval.extra_args=\[--api-key, \*\*\*' holds a credential, .* \(api_key_env\)"):
-        pipeline(config=str(config), overrides=list(PLANTED))  # the Python API: Prefect creates the run before croco sees it
+    with pytest.raises(
+        CrocoError, match=r"^override 'euroeval.extra_args=\[--api-key, \*\*\*' holds a credential, .* \(api_key_env\)"
+    ):
+        pipeline(
+            config=str(config), overrides=list(PLANTED)
+        )  # the Python API: Prefect creates the run before croco sees it
     [stored] = [run for run in stored_flow_runs(prefect_server) if run.parameters.get("config") == str(config)]
     assert stored.state.is_failed() and "holds a credential" in stored.state.message
     assert not [secret for secret in PLANTED.values() if secret in json.dumps(stored.parameters)]

@@ -14,16 +14,39 @@ from croco.storage import Storage
 
 def committed(storage: Storage, key: str):
     version = storage.version("generate", "en", key)
-    version.write_shard("00000", [{"prompt_id": "p0", "language": "en", "sample_index": 0, "prompt": "q", "prompt_sent": "q", "response": "a",
-                                   "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 1, "policy": "m"}], SAMPLE)
+    version.write_shard(
+        "00000",
+        [
+            {
+                "prompt_id": "p0",
+                "language": "en",
+                "sample_index": 0,
+                "prompt": "q",
+                "prompt_sent": "q",
+                "response": "a",
+                "finish_reason": "stop",
+                "prompt_tokens": 3,
+                "completion_tokens": 1,
+                "policy": "m",
+            }
+        ],
+        SAMPLE,
+    )
     version.commit({"records_in": 1, "records_out": 1, "skipped": {}})
     return version
 
 
 def record(run_id, started, status="completed", name="x", versions=(), languages=("en",), **fields) -> dict:
     started = runs.timestamp(started) if not isinstance(started, str) else started
-    return {"run_id": run_id, "name": name, "started_at": started, "status": status, "languages": list(languages),
-            "versions": {f"unit{i}": v.relative for i, v in enumerate(versions)}, **fields}
+    return {
+        "run_id": run_id,
+        "name": name,
+        "started_at": started,
+        "status": status,
+        "languages": list(languages),
+        "versions": {f"unit{i}": v.relative for i, v in enumerate(versions)},
+        **fields,
+    }
 
 
 def test_gc_keeps_the_newest_completed_runs_every_run_still_going_and_work_in_progress(tmp_path):
@@ -37,20 +60,37 @@ def test_gc_keeps_the_newest_completed_runs_every_run_still_going_and_work_in_pr
     for run in (
         record("r-old", ago(days=3), versions=[v["old"]]),
         record("r-failed", ago(days=2), "failed", versions=[v["failed"]]),
-        record("r-live", ago(days=4), versions=[v["live"]], **beat, heartbeat_at=runs.timestamp(ago(seconds=5))),  # long, still going
+        record(
+            "r-live", ago(days=4), versions=[v["live"]], **beat, heartbeat_at=runs.timestamp(ago(seconds=5))
+        ),  # long, still going
         record("r-last", ago(days=1), versions=[v["last"]]),
-        record("r-died", ago(hours=1), versions=[v["died"]], **beat, heartbeat_at=runs.timestamp(ago(minutes=59))),  # killed: says running
+        record(
+            "r-died", ago(hours=1), versions=[v["died"]], **beat, heartbeat_at=runs.timestamp(ago(minutes=59))
+        ),  # killed: says running
         record("o-1", ago(days=9), name="other", versions=[v["theirs"]]),
     ):
         runs.write(storage, run)
-    assert [runs.state(run) for run in runs.records(storage)] == ["died", "completed", "failed", "completed", "running", "completed"]
+    assert [runs.state(run) for run in runs.records(storage)] == [
+        "died",
+        "completed",
+        "failed",
+        "completed",
+        "running",
+        "completed",
+    ]
 
     would = runs.gc(storage, "x", keep=1, dry_run=True)
-    assert would.versions == ["generate/en/failed", "generate/en/old"] and would.records == ["runs/r-failed.json", "runs/r-old.json"]
+    assert would.versions == ["generate/en/failed", "generate/en/old"] and would.records == [
+        "runs/r-failed.json",
+        "runs/r-old.json",
+    ]
     assert v["old"].committed() and len(runs.records(storage)) == 6
     done = runs.gc(storage, "x", keep=1)
     assert (done.versions, done.records) == (would.versions, would.records)
-    assert sorted(done.kept) == ["generate/da/partial", *(f"generate/en/{key}" for key in ("died", "last", "live", "theirs"))]
+    assert sorted(done.kept) == [
+        "generate/da/partial",
+        *(f"generate/en/{key}" for key in ("died", "last", "live", "theirs")),
+    ]
     assert not v["old"].committed() and not v["failed"].committed() and partial.finished_shards()
     # The run that died is newer than the last completed one: it counts for nothing, and its finished units stay for its rerun.
     assert [run["run_id"] for run in runs.records(storage)] == ["r-died", "r-last", "r-live", "o-1"]
@@ -93,4 +133,6 @@ def test_a_live_run_keeps_its_heartbeat_fresh_and_an_interrupted_one_is_recorded
     time.sleep(0.5)  # no heartbeat comes after the final record
     final = json.loads(path.read_text())
     assert final["status"] == "failed" and final["finished_at"].endswith("+00:00")
-    assert runs.state(beats, now=runs.parse_time(beats["heartbeat_at"]) + timedelta(seconds=1)) == "died"  # past its lease of 0.6 s
+    assert (
+        runs.state(beats, now=runs.parse_time(beats["heartbeat_at"]) + timedelta(seconds=1)) == "died"
+    )  # past its lease of 0.6 s

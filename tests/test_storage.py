@@ -10,8 +10,16 @@ from croco.storage import CorruptShard, MissingVersion, Storage
 
 def sample(i: int) -> dict:
     return {
-        "prompt_id": f"p{i}", "language": "en", "sample_index": 0, "prompt": "q", "prompt_sent": "q", "response": "a",
-        "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 1, "policy": "m",
+        "prompt_id": f"p{i}",
+        "language": "en",
+        "sample_index": 0,
+        "prompt": "q",
+        "prompt_sent": "q",
+        "response": "a",
+        "finish_reason": "stop",
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "policy": "m",
     }
 
 
@@ -35,8 +43,13 @@ def test_a_version_is_committed_by_its_manifest_written_last(tmp_path):
     version.write_shard("00000", [sample(0)], SAMPLE)
     assert not version.committed() and version.problems() == ["not committed"]
     assert version.read(SAMPLE).num_rows == 1  # finished shards of an uncommitted version (what a resuming task reads)
-    with pytest.raises(MissingVersion, match=r"^version .*/generate/en/k1 is not committed \(its unit has not finished, or the version was deleted"):
-        storage.version_at("generate/en/k1").read(SAMPLE)  # any other reader: committed data or a sentence, never a part
+    with pytest.raises(
+        MissingVersion,
+        match=r"^version .*/generate/en/k1 is not committed \(its unit has not finished, or the version was deleted",
+    ):
+        storage.version_at("generate/en/k1").read(
+            SAMPLE
+        )  # any other reader: committed data or a sentence, never a part
     manifest = version.commit({"records_in": 1, "records_out": 1, "skipped": {}})
     assert version.committed() and version.problems() == []
     assert manifest["version"] == "generate/en/k1" and manifest["shards"]["00000"]["data"]["rows"] == 1
@@ -70,7 +83,9 @@ def test_a_truncated_shard_is_found_and_redone_never_trusted(tmp_path, caplog):
     version = committed_version(tmp_path)
     shard = tmp_path / "store/generate/en/k1/data/part-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:100])
-    assert version.problems() == [f"data/part-00001.parquet has 100 bytes, its manifest says {version.manifest()['shards']['00001']['data']['bytes']}"]
+    assert version.problems() == [
+        f"data/part-00001.parquet has 100 bytes, its manifest says {version.manifest()['shards']['00001']['data']['bytes']}"
+    ]
     caplog.set_level("WARNING", logger="croco")
     assert sorted(version.finished_shards()) == ["00000"]  # the broken one is removed, so the task redoes it
     assert "shard 00001 does not match its index" in caplog.text and not shard.exists()
@@ -98,7 +113,9 @@ def test_a_flipped_byte_in_a_shard_or_an_adapter_file_is_caught_by_the_checksum_
         before = changed.read_bytes()
         flip_a_byte(changed)
         name = changed.relative_to(folder).as_posix()
-        assert Storage(str(tmp_path / "store"), verify="size").version_at(f"{stage}/en/k1").problems() == []  # same size
+        assert (
+            Storage(str(tmp_path / "store"), verify="size").version_at(f"{stage}/en/k1").problems() == []
+        )  # same size
         assert version.problems() == [f"{name} has other bytes than its manifest says (sha256 differs)"]
         changed.write_bytes(before)
 
@@ -153,7 +170,10 @@ def test_a_resume_keeps_only_the_work_made_from_the_same_inputs(tmp_path, caplog
     recomputed = storage.version("score", "en", "k1", writing=True)
     recomputed.start({"generate/en": {**started["generate/en"], "digest": "new"}})
     assert recomputed.finished_shards() == {} and not (recomputed.work_folder() / "checkpoint").exists()
-    assert "score/en/k1: its finished work was made from other data than its inputs (generate/en) hold now; discarding it" in caplog.text
+    assert (
+        "score/en/k1: its finished work was made from other data than its inputs (generate/en) hold now; discarding it"
+        in caplog.text
+    )
     assert "the local work folder" in caplog.text
 
 
@@ -171,7 +191,10 @@ def test_a_remote_adapter_is_copied_once_per_content_and_a_concurrent_copy_is_us
 
     monkeypatch.setattr(storage.fs, "get", another_process_finishes_first)
     copy = reader.local_folder("adapter", tmp_path / "cache")
-    assert copy == tmp_path / "cache" / digest / "adapter" and (copy / "adapter_model.safetensors").read_bytes() == bytes(range(256)) * 16
+    assert (
+        copy == tmp_path / "cache" / digest / "adapter"
+        and (copy / "adapter_model.safetensors").read_bytes() == bytes(range(256)) * 16
+    )
     assert sorted(p.name for p in copy.parent.iterdir()) == ["adapter"]  # the loser's partial copy is gone
     monkeypatch.setattr(storage.fs, "get", real_get)
     assert reader.local_folder("adapter", tmp_path / "cache") == copy

@@ -18,7 +18,9 @@ import numpy as np
 
 TIE_SCORES = {"half": 0.5, "win": 1.0, "loss": 0.0}
 LC_FOLDS = 5  # AlpacaEval's cross-validation folds; groups with fewer questions get no length-controlled figure
-LC_PENALTIES = np.logspace(4, -4, 10)  # L2 strengths tried on the length slope, strongest first (scikit-learn's Cs grid, penalty = 1 / C)
+LC_PENALTIES = np.logspace(
+    4, -4, 10
+)  # L2 strengths tried on the length slope, strongest first (scikit-learn's Cs grid, penalty = 1 / C)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ def outcome_scores(verdicts: list[str], ties: str = "half") -> np.ndarray:
     return np.array([table[v] for v in verdicts], dtype=np.float64)
 
 
-def bootstrap_interval(scores: np.ndarray, questions: np.ndarray, rounds: int = 1000, seed: int = 42, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    scores: np.ndarray, questions: np.ndarray, rounds: int = 1000, seed: int = 42, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of the mean score, resampling questions (all judgments of a question move together)."""
     ids, inverse = np.unique(questions, return_inverse=True)
     totals = np.bincount(inverse, weights=scores, minlength=len(ids))
@@ -66,7 +70,9 @@ def standard_error(scores: np.ndarray, questions: np.ndarray) -> float:
     return float(weighted_deviations.std(ddof=1) / np.sqrt(len(ids)))
 
 
-def length_controlled_win_rate(scores: np.ndarray, scaled_length_difference: np.ndarray, questions: np.ndarray) -> tuple[float, float] | None:
+def length_controlled_win_rate(
+    scores: np.ndarray, scaled_length_difference: np.ndarray, questions: np.ndarray
+) -> tuple[float, float] | None:
     """sigmoid(theta) of the fit p(win) = sigmoid(theta + phi * tanh(x)), with an L2 penalty on phi.
 
     `x` is the length difference already divided by its spread (`summarize` divides by the spread
@@ -105,7 +111,9 @@ def _fit(design: np.ndarray, scores: np.ndarray, penalty: float) -> np.ndarray:
         p = _sigmoid(design @ params)
         gradient = design.T @ (p - scores) + penalties @ params
         hessian = design.T @ (design * (p * (1 - p))[:, None]) + penalties
-        step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]  # lstsq: the Hessian is near-singular when one side nearly always wins
+        step = np.linalg.lstsq(hessian, gradient, rcond=None)[
+            0
+        ]  # lstsq: the Hessian is near-singular when one side nearly always wins
         params -= step
         if np.abs(step).max() < 1e-10:
             break
@@ -116,7 +124,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(z / 2))  # no overflow for the large |z| of a nearly separable fold
 
 
-def win_rate(verdicts: list[str], questions: np.ndarray, scaled_length_difference: np.ndarray, ties: str = "half", rounds: int = 1000, seed: int = 42) -> WinRate:
+def win_rate(
+    verdicts: list[str],
+    questions: np.ndarray,
+    scaled_length_difference: np.ndarray,
+    ties: str = "half",
+    rounds: int = 1000,
+    seed: int = 42,
+) -> WinRate:
     """All the per-group figures the arena report shows; the length difference is model minus baseline, divided by its spread."""
     scores = outcome_scores(verdicts, ties)
     low, high = bootstrap_interval(scores, questions, rounds, seed)
@@ -151,7 +166,10 @@ def summarize(judgments: list[dict], ties: str = "half", rounds: int = 1000, see
         for language in (j["language"], "all"):
             for subcategory in (j["subcategory"], "all"):
                 groups.setdefault((j["model"], language, subcategory), []).append(j)
-    return [_summary_row(key, rows, spread, ties, rounds, seed) for key, rows in sorted(groups.items(), key=lambda kv: _order(kv[0]))]
+    return [
+        _summary_row(key, rows, spread, ties, rounds, seed)
+        for key, rows in sorted(groups.items(), key=lambda kv: _order(kv[0]))
+    ]
 
 
 def _order(key: tuple[str, str, str]) -> tuple:
@@ -177,8 +195,12 @@ def _summary_row(key: tuple[str, str, str], rows: list[dict], spread: dict, ties
     }
     if not parsed:
         return {**row, "win_rate": None}
-    questions = np.array([j["question_id"] for j in parsed])  # parallel translations share an id: one unit across languages
-    scaled = np.array([(j["model_length"] - j["baseline_length"]) / spread[j["model"], j["language"]] for j in parsed], dtype=float)
+    questions = np.array(
+        [j["question_id"] for j in parsed]
+    )  # parallel translations share an id: one unit across languages
+    scaled = np.array(
+        [(j["model_length"] - j["baseline_length"]) / spread[j["model"], j["language"]] for j in parsed], dtype=float
+    )
     result = win_rate([j["outcome"] for j in parsed], questions, scaled, ties, rounds, seed)
     return {**row, **result.__dict__}
 

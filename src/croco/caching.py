@@ -51,7 +51,9 @@ class ReleasingLockManager(FileSystemLockManager):
     """Prefect's file locks, plus the holding process: a lock whose process on this host has died is free,
     so a `kill -9` during a task does not block every later run of that unit (Prefect's locks never expire)."""
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+    def acquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
         if acquired:
             path = self._lock_path_for_key(key)
@@ -101,7 +103,9 @@ class InputChanged(Exception):
 
 @dataclass
 class UnitCachePolicy(CachePolicy):
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str:
         """The unit's key. Prefect takes the unit's lock only after this returns, so nothing here changes a version:
         a version that cannot be trusted only drops its cache record, and the task repairs it under the lock."""
         cfg: CrocoConfig = inputs["cfg"]
@@ -112,7 +116,9 @@ class UnitCachePolicy(CachePolicy):
         return record_key(unit)
 
 
-UNIT_CACHE = UnitCachePolicy().configure(isolation_level="SERIALIZABLE", lock_manager=ReleasingLockManager(cache_dir() / "locks"))
+UNIT_CACHE = UnitCachePolicy().configure(
+    isolation_level="SERIALIZABLE", lock_manager=ReleasingLockManager(cache_dir() / "locks")
+)
 
 
 def result_storage(storage: Storage) -> Path:
@@ -152,17 +158,24 @@ def stage_task(work: Work):
         storage = storage_of(cfg)
         out = storage.version(unit.stage, unit.language, unit.key, writing=True)
         done = intact(out)
-        if done is not None:  # committed and intact: another machine's cache record, or a run that finished while this one waited
+        if (
+            done is not None
+        ):  # committed and intact: another machine's cache record, or a run that finished while this one waited
             return reference(done)
         inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
         # Read before the work: an input recomputed while this unit reads it is caught below.
-        lineage = {unit_id: {"version": v.relative, "uri": v.uri, "digest": v.committed_manifest()["digest"]} for unit_id, v in inputs.items()}
+        lineage = {
+            unit_id: {"version": v.relative, "uri": v.uri, "digest": v.committed_manifest()["digest"]}
+            for unit_id, v in inputs.items()
+        }
         out.start(lineage)
         started = time.perf_counter()
         report = work(cfg, unit, out, inputs)
         for unit_id, version in inputs.items():
             if version.committed_manifest()["digest"] != lineage[unit_id]["digest"]:
-                raise InputChanged(f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data")
+                raise InputChanged(
+                    f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data"
+                )
         manifest = out.commit(
             {
                 "stage": unit.stage,
@@ -214,4 +227,6 @@ def with_execution(task_, cfg: CrocoConfig, storage: Storage):
     """The task with this config's retries and this storage root's cache records."""
     retry = cfg.retries.get(task_.name, cfg.retries.get("default"))
     delays = exponential_backoff(backoff_factor=retry.delay_s)(retry.attempts) if retry and retry.attempts else 0
-    return task_.with_options(retries=retry.attempts if retry else 0, retry_delay_seconds=delays, result_storage=result_storage(storage))
+    return task_.with_options(
+        retries=retry.attempts if retry else 0, retry_delay_seconds=delays, result_storage=result_storage(storage)
+    )

@@ -46,8 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser, optional: bool = False) -> None:
-        sub.add_argument("config", nargs="?" if optional else None, help="YAML run config (see configs/ and the README's config reference)")
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. generate.num_samples=8")
+        sub.add_argument(
+            "config",
+            nargs="?" if optional else None,
+            help="YAML run config (see configs/ and the README's config reference)",
+        )
+        sub.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. generate.num_samples=8"
+        )
 
     run = commands.add_parser("run", help="run the pipeline flow (every enabled stage) in this process")
     with_config(run)
@@ -58,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
             _add_migration_arguments(sub)
     plan = commands.add_parser("plan", help="print, per stage and language, what is cached and what would run")
     with_config(plan)
-    plan.add_argument("--notify", action="store_true", help="emit the Prefect event croco.config.languages-added if the config has new languages")
-    runs = commands.add_parser("runs", help="list the runs recorded in the config's storage, newest first: running, completed, failed, or died")
+    plan.add_argument(
+        "--notify",
+        action="store_true",
+        help="emit the Prefect event croco.config.languages-added if the config has new languages",
+    )
+    runs = commands.add_parser(
+        "runs", help="list the runs recorded in the config's storage, newest first: running, completed, failed, or died"
+    )
     with_config(runs)
     gc = commands.add_parser(
         "gc",
@@ -70,17 +82,40 @@ def build_parser() -> argparse.ArgumentParser:
         "runs, every run of another config in the storage, and versions without a manifest (work in progress).",
     )
     with_config(gc)
-    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest completed runs of this config and every version they used (N >= 1)")
-    gc.add_argument("--dry-run", action="store_true", help="only list the versions and run records that would be deleted")
+    gc.add_argument(
+        "--keep",
+        type=int,
+        required=True,
+        metavar="N",
+        help="keep the N newest completed runs of this config and every version they used (N >= 1)",
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="only list the versions and run records that would be deleted"
+    )
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print the reference of every config key (Markdown)")
     merge = commands.add_parser("merge", help="fold a LoRA adapter into its base model and save a full model folder")
-    merge.add_argument("adapter", type=Path, help="adapter folder, e.g. runs/demo/dpo/all/<key>/files/adapter (`croco plan` shows the key)")
-    merge.add_argument("--out", type=Path, help="output folder (default: merged/<stage>-<key> here for an adapter of a croco version, else merged/ beside the adapter)")
-    merge.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="weight dtype of the merged model")
-    prefetch = commands.add_parser("prefetch", help="download the config's hub models, arena prompts and EuroEval datasets (for offline clusters)")
+    merge.add_argument(
+        "adapter",
+        type=Path,
+        help="adapter folder, e.g. runs/demo/dpo/all/<key>/files/adapter (`croco plan` shows the key)",
+    )
+    merge.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: merged/<stage>-<key> here for an adapter of a croco version, else merged/ beside the adapter)",
+    )
+    merge.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weight dtype of the merged model",
+    )
+    prefetch = commands.add_parser(
+        "prefetch", help="download the config's hub models, arena prompts and EuroEval datasets (for offline clusters)"
+    )
     with_config(prefetch)
     commands.add_parser("languages", help="list the language codes croco knows")
     return parser
@@ -88,11 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_migration_arguments(sub: argparse.ArgumentParser) -> None:
     sub.usage = "%(prog)s CONFIG [KEY=VALUE ...] [--force]\n       %(prog)s --scored FILE... --originals FILE... --out DIR [--target ...] [--prompt-source ...]"
-    old = sub.add_argument_group("pairs from the original research code's files (one scored and one originals JSONL per language)")
-    old.add_argument("--scored", nargs="+", type=Path, metavar="FILE", help="scored JSONL files, one per language (language from the file name)")
-    old.add_argument("--originals", nargs="+", type=Path, metavar="FILE", help="original prompt JSONL files, one per language, in parallel line order")
-    old.add_argument("--out", type=Path, metavar="DIR", help="folder for sft_in_language.jsonl, dpo_in_language.jsonl, sft_all_languages.jsonl, dpo_all_languages.jsonl")
-    old.add_argument("--target", choices=["mean_minus_2sigma", "mean_plus_k_std", "q1", "min"], default="mean_minus_2sigma")
+    old = sub.add_argument_group(
+        "pairs from the original research code's files (one scored and one originals JSONL per language)"
+    )
+    old.add_argument(
+        "--scored",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="scored JSONL files, one per language (language from the file name)",
+    )
+    old.add_argument(
+        "--originals",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="original prompt JSONL files, one per language, in parallel line order",
+    )
+    old.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder for sft_in_language.jsonl, dpo_in_language.jsonl, sft_all_languages.jsonl, dpo_all_languages.jsonl",
+    )
+    old.add_argument(
+        "--target", choices=["mean_minus_2sigma", "mean_plus_k_std", "q1", "min"], default="mean_minus_2sigma"
+    )
     old.add_argument("--k", type=float, default=-2.0, help="k of mean_plus_k_std")
     old.add_argument("--prompt-source", choices=["chosen", "rejected", "random"], default="chosen")
     old.add_argument("--seed", type=int, default=42, help="seed of --prompt-source random")
@@ -127,7 +183,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.reference or not args.config:
             print(config_reference())
             return 0
-        shown = redact_value(load_config(args.config, args.overrides).model_dump())  # a pasted key or URL password stays off the screen
+        shown = redact_value(
+            load_config(args.config, args.overrides).model_dump()
+        )  # a pasted key or URL password stays off the screen
         print(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), end="")
         return 0
     if args.command == "merge":
@@ -155,7 +213,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     _start_temporary_server()
     with _user_errors_without_tracebacks():
-        result = pipeline(config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command])
+        result = pipeline(
+            config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command]
+        )
     log.info("versions: %s", cfg.storage.root)
     log.info("report:   %s", result["report"])
     return 0
@@ -167,12 +227,17 @@ class _UserErrorFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, CrocoError) and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+        return not (
+            isinstance(error, CrocoError) and record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        )
 
 
 @contextlib.contextmanager
 def _user_errors_without_tracebacks():
-    handlers, only_sentences = logging.getLogger().handlers, _UserErrorFilter()  # Prefect's console handler is the root's
+    handlers, only_sentences = (
+        logging.getLogger().handlers,
+        _UserErrorFilter(),
+    )  # Prefect's console handler is the root's
     for handler in handlers:
         handler.addFilter(only_sentences)
     try:
@@ -203,10 +268,31 @@ def _start_temporary_server() -> None:
             # Prefect 3.9's own command (prefect/server/api/server.py), with the parent-death signal.
             import prefect
 
-            command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory", "prefect.server.api.server:create_app",
-                       "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-            env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "0", "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-                   **get_current_settings().to_environment_variables(exclude_unset=True)}
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(prefect.__module_path__.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ]
+            env = {
+                **os.environ,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            }
             return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
     # The temporary server is one shared instance: Prefect's client, asking for it later, gets this one, running.
@@ -236,13 +322,17 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
         return 0
     if args.command == "runs":
         for run in runs.records(storage):
-            print(f"{run['run_id']}  {run['name']:12} {runs.state(run):9} {','.join(run['languages']):20} {len(run['versions'])} versions")
+            print(
+                f"{run['run_id']}  {run['name']:12} {runs.state(run):9} {','.join(run['languages']):20} {len(run['versions'])} versions"
+            )
         return 0
     collected = runs.gc(storage, cfg.name, args.keep, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for path in collected.versions + collected.records:
         print(f"{verb} {path}")
-    print(f"{verb} {len(collected.versions)} versions and {len(collected.records)} run records; kept {len(collected.kept)} versions")
+    print(
+        f"{verb} {len(collected.versions)} versions and {len(collected.records)} run records; kept {len(collected.kept)} versions"
+    )
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from croco.embedded import PREFIX, POLICY, REWARD, is_embedded
+from croco.embedded import POLICY, PREFIX, REWARD, is_embedded
 from croco.errors import CrocoError
 from croco.fileio import read_text
 from croco.languages import LANGUAGES
@@ -34,13 +34,16 @@ class ModelConfig(_Section):
         "(`embedded:smollm2-135m-instruct`, `embedded:croco-demo-reward`)."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
-    trust_remote_code: bool = Field(False, description="Run the model repository's own Python code; off unless you trust it.")
+    trust_remote_code: bool = Field(
+        False, description="Run the model repository's own Python code; off unless you trust it."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; `auto` is bfloat16 on a GPU and float32 on a CPU."
     )
     adapter: str | None = Field(None, description="A PEFT LoRA adapter folder applied on top of the model.")
     chat_template_kwargs: dict[str, Any] = Field(
-        {}, description="Extra chat-template arguments, e.g. `{enable_thinking: false}` to turn a hybrid model's thinking off."
+        {},
+        description="Extra chat-template arguments, e.g. `{enable_thinking: false}` to turn a hybrid model's thinking off.",
     )
 
     @field_validator("path", "adapter")
@@ -52,7 +55,7 @@ class ModelConfig(_Section):
         if path is None or Path(path).expanduser().is_dir():
             return path
         if is_embedded(path):
-            if path[len(PREFIX):] not in (POLICY, REWARD):
+            if path[len(PREFIX) :] not in (POLICY, REWARD):
                 raise ValueError(f"unknown embedded model; use {PREFIX}{POLICY} or {PREFIX}{REWARD}")
             return path
         try:
@@ -66,7 +69,8 @@ class ModelsConfig(_Section):
     policy: ModelConfig = Field(description="The model that answers the prompts and is later tuned.")
     reward: ModelConfig = Field(description="Sequence-classification reward model with one logit.")
     base: ModelConfig | None = Field(
-        None, description="Model that SFT and DPO tune; defaults to the policy. Another model makes the pairs off-policy (flagged in the manifest)."
+        None,
+        description="Model that SFT and DPO tune; defaults to the policy. Another model makes the pairs off-policy (flagged in the manifest).",
     )
 
 
@@ -74,30 +78,51 @@ class DataSource(_Section):
     path: str = Field(
         description="A local JSON/JSONL file, a dataset folder or Hugging Face dataset id (read with `datasets`), or `embedded:demo-prompts`."
     )
-    language: str | None = Field(None, description="Language of every record in this source; else each record's language field.")
+    language: str | None = Field(
+        None, description="Language of every record in this source; else each record's language field."
+    )
     split: str = Field("train", description="Dataset split (Hugging Face datasets only).")
     name: str | None = Field(None, description="Dataset configuration name (Hugging Face datasets only).")
     revision: str | None = Field(None, description="Dataset revision (Hugging Face datasets only).")
 
 
 class DataConfig(_Section):
-    sources: list[DataSource] = Field(min_length=1, description="Where the prompts come from: one source per language, or sources with a language field.")
-    id_field: str = Field("prompt_id", description="Record field holding the stable prompt id shared by all translations.")
-    language_field: str = Field("language", description="Record field holding the language code, for sources without `language`.")
-    subsample: int | None = Field(None, gt=0, description="Keep this many prompt ids, drawn at random with the run seed (all their languages kept).")
+    sources: list[DataSource] = Field(
+        min_length=1,
+        description="Where the prompts come from: one source per language, or sources with a language field.",
+    )
+    id_field: str = Field(
+        "prompt_id", description="Record field holding the stable prompt id shared by all translations."
+    )
+    language_field: str = Field(
+        "language", description="Record field holding the language code, for sources without `language`."
+    )
+    subsample: int | None = Field(
+        None,
+        gt=0,
+        description="Keep this many prompt ids, drawn at random with the run seed (all their languages kept).",
+    )
     on_invalid: Literal["error", "reject"] = Field(
-        "error", description="`error` stops at the first invalid record; `reject` writes it to rejects.jsonl with its reason and counts it."
+        "error",
+        description="`error` stops at the first invalid record; `reject` writes it to rejects.jsonl with its reason and counts it.",
     )
 
 
 class EngineConfig(_Section):
     name: Literal["transformers", "openai"] = Field(
-        "transformers", description="Inference engine: `transformers` in this process, or `openai` for any OpenAI-compatible server."
+        "transformers",
+        description="Inference engine: `transformers` in this process, or `openai` for any OpenAI-compatible server.",
     )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (transformers).")
     batch_size: int = Field(16, gt=0, description="Sequences per forward pass (transformers).")
-    base_url: str | None = Field(None, description="Server URL such as `http://localhost:8000/v1` (openai; vLLM, SGLang, `transformers serve`, a hosted API).")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (openai); the key itself never appears in files.")
+    base_url: str | None = Field(
+        None,
+        description="Server URL such as `http://localhost:8000/v1` (openai; vLLM, SGLang, `transformers serve`, a hosted API).",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the API key (openai); the key itself never appears in files.",
+    )
     served_model: str | None = Field(
         None,
         description="Model name the server expects (openai); defaults to the model's path. It names one model: in the arena, "
@@ -127,14 +152,19 @@ class GenerateConfig(_Section):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     respond_in_language: bool = Field(
-        False, description='Append "Please respond in {Language} and nothing else." to each prompt (stored beside the original).'
+        False,
+        description='Append "Please respond in {Language} and nothing else." to each prompt (stored beside the original).',
     )
-    prompts_per_shard: int = Field(64, gt=0, description="Prompts per output shard; a crash loses at most one shard of work.")
+    prompts_per_shard: int = Field(
+        64, gt=0, description="Prompts per output shard; a crash loses at most one shard of work."
+    )
 
 
 class ScoreConfig(_Section):
     engine: EngineConfig = Field(EngineConfig(batch_size=8), description="Engine that runs the reward model.")
-    max_len: int = Field(32768, gt=0, description="Conversations longer than this many tokens are skipped and counted, never scored.")
+    max_len: int = Field(
+        32768, gt=0, description="Conversations longer than this many tokens are skipped and counted, never scored."
+    )
 
 
 class PairConfig(_Section):
@@ -147,7 +177,8 @@ class PairConfig(_Section):
         "chosen", description="All-language DPO: whose language the prompt is in (`random` is seeded)."
     )
     prompt_text: Literal["sent", "original"] = Field(
-        "sent", description="Train on the prompt as the policy saw it (`sent`, with any language instruction) or as loaded (`original`)."
+        "sent",
+        description="Train on the prompt as the policy saw it (`sent`, with any language instruction) or as loaded (`original`).",
     )
 
 
@@ -156,7 +187,8 @@ class LoraConfig(_Section):
     alpha: int = Field(32, gt=0, description="LoRA alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], description="Modules that get adapters."
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get adapters.",
     )
 
 
@@ -165,21 +197,36 @@ class TrainingConfig(_Section):
     pairs: Literal["in_language", "all_languages"] = Field("in_language", description="Which pair product to train on.")
     learning_rate: float = Field(gt=0, description="Peak learning rate.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
-    max_length: int = Field(4096, gt=0, description="Longest training sequence in tokens (prompt + answer); longer ones are truncated by TRL.")
-    max_prompt_length: int = Field(2048, gt=0, description="Examples whose prompt is longer are dropped before training, counted and reported.")
+    max_length: int = Field(
+        4096,
+        gt=0,
+        description="Longest training sequence in tokens (prompt + answer); longer ones are truncated by TRL.",
+    )
+    max_prompt_length: int = Field(
+        2048, gt=0, description="Examples whose prompt is longer are dropped before training, counted and reported."
+    )
     batch_size: int = Field(1, gt=0, description="Micro batch per device.")
     gradient_accumulation: int = Field(8, gt=0, description="Micro batches per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
-    eval_fraction: float = Field(0.01, ge=0, lt=1, description="Share of examples held out for evaluation (at least one when there are two or more).")
-    save_steps: int = Field(50, gt=0, description="Optimizer steps between checkpoints; a killed run resumes from the last one.")
+    eval_fraction: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="Share of examples held out for evaluation (at least one when there are two or more).",
+    )
+    save_steps: int = Field(
+        50, gt=0, description="Optimizer steps between checkpoints; a killed run resumes from the last one."
+    )
     lora: LoraConfig = Field(LoraConfig(), description="Adapter settings.")
 
     @model_validator(mode="after")
     def _prompt_fits(self):
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) to leave room for the answer")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) to leave room for the answer"
+            )
         return self
 
 
@@ -201,7 +248,9 @@ class EvaluateConfig(_Section):
     run_adapters: list[Literal["sft", "dpo"]] | None = Field(
         None, description="Adapters of this run to evaluate against the policy; default: every enabled training stage."
     )
-    models: dict[str, ModelConfig] = Field({}, description="More models to evaluate, by name (a merged folder, another adapter, a hub id).")
+    models: dict[str, ModelConfig] = Field(
+        {}, description="More models to evaluate, by name (a merged folder, another adapter, a hub id)."
+    )
     baseline: str = Field("policy", description="The model every other one is compared with.")
     served_models: dict[str, str] = Field(
         {},
@@ -218,7 +267,11 @@ class ArenaConfig(_Section):
         description="m-ArenaHard prompts (question_id, prompt, category, subcategory, language): a hub id, loaded one language "
         "configuration at a time, or a local JSON/JSONL file in that schema (`embedded:demo-arena` for the demo's).",
     )
-    per_language: int | None = Field(None, gt=0, description="Keep this many questions per language (the same question ids in every language, seeded).")
+    per_language: int | None = Field(
+        None,
+        gt=0,
+        description="Keep this many questions per language (the same question ids in every language, seeded).",
+    )
     engine: EngineConfig = Field(EngineConfig(), description="Engine that writes the answers.")
     max_new_tokens: int = Field(8192, gt=0, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; the paper answers greedily.")
@@ -239,33 +292,50 @@ class JudgeConfig(_Section):
     )
     engine: EngineConfig = Field(EngineConfig(), description="Engine that runs the judge.")
     orders: Literal["both", "coin"] = Field(
-        "both", description="`both` judges each pair in both orders (arena-hard-auto, MT-Bench); `coin`: one order by a seeded coin flip (the paper)."
+        "both",
+        description="`both` judges each pair in both orders (arena-hard-auto, MT-Bench); `coin`: one order by a seeded coin flip (the paper).",
     )
     allow_ties: bool = Field(True, description="Let the judge answer [[T]].")
     ties: Literal["half", "win", "loss"] = Field("half", description="A tie counts as half a win, a win or a loss.")
     temperature: float = Field(0.7, ge=0, description="Judge sampling temperature (the paper's 0.7).")
-    max_new_tokens: int = Field(4096, gt=0, description="Longest judgment, in tokens; a cut-off judgment without a verdict is counted.")
-    max_len: int = Field(32768, gt=0, description="Reward judge: conversations longer than this many tokens are not scored and counted.")
-    bootstrap_rounds: int = Field(1000, ge=1000, description="Bootstrap resamples (by question) for the confidence intervals.")
+    max_new_tokens: int = Field(
+        4096, gt=0, description="Longest judgment, in tokens; a cut-off judgment without a verdict is counted."
+    )
+    max_len: int = Field(
+        32768, gt=0, description="Reward judge: conversations longer than this many tokens are not scored and counted."
+    )
+    bootstrap_rounds: int = Field(
+        1000, ge=1000, description="Bootstrap resamples (by question) for the confidence intervals."
+    )
 
 
 class EuroEvalConfig(_Section):
-    enabled: bool = Field(False, description="Benchmark every evaluated model with EuroEval (in its own process and Python environment).")
+    enabled: bool = Field(
+        False, description="Benchmark every evaluated model with EuroEval (in its own process and Python environment)."
+    )
     python: str = Field(
-        "python3.12", description="Interpreter of the environment where EuroEval is installed; croco runs it, so a config is code: run only configs you trust."
+        "python3.12",
+        description="Interpreter of the environment where EuroEval is installed; croco runs it, so a config is code: run only configs you trust.",
     )
     datasets: dict[str, list[str]] | None = Field(
-        None, description="Datasets per language code; default: croco's table (`croco euroeval-datasets`), checked against the installed EuroEval."
+        None,
+        description="Datasets per language code; default: croco's table (`croco euroeval-datasets`), checked against the installed EuroEval.",
     )
-    few_shot: bool = Field(True, description="Few-shot prompts (EuroEval's default for generative models); false for zero-shot.")
-    iterations: int = Field(3, gt=0, description="Bootstrap iterations per dataset (the paper's 3; EuroEval's default is 10).")
+    few_shot: bool = Field(
+        True, description="Few-shot prompts (EuroEval's default for generative models); false for zero-shot."
+    )
+    iterations: int = Field(
+        3, gt=0, description="Bootstrap iterations per dataset (the paper's 3; EuroEval's default is 10)."
+    )
     split: Literal["test", "val"] = Field("test", description="Split to evaluate on.")
     device: str = Field("auto", description="Device EuroEval uses (`auto`, `cpu`, `cuda`).")
     api_key_env: str | None = Field(
-        None, description="Name of the environment variable holding the API key EuroEval sends to an API model; passed to EuroEval's process in its environment, never on its command line or in any file."
+        None,
+        description="Name of the environment variable holding the API key EuroEval sends to an API model; passed to EuroEval's process in its environment, never on its command line or in any file.",
     )
     extra_args: list[str] = Field(
-        [], description="More `euroeval` command-line arguments, passed as they are; an API key here (`--api-key`) is moved to the environment and masked, but belongs in `api_key_env`."
+        [],
+        description="More `euroeval` command-line arguments, passed as they are; an API key here (`--api-key`) is moved to the environment and masked, but belongs in `api_key_env`.",
     )
 
     @field_validator("datasets")
@@ -298,12 +368,16 @@ class StorageConfig(_Section):
 
 class RetryConfig(_Section):
     attempts: int = Field(0, ge=0, description="Retries after a failure (a config or input error is never retried).")
-    delay_s: float = Field(10.0, gt=0, description="Seconds before the first retry; each later retry waits twice as long.")
+    delay_s: float = Field(
+        10.0, gt=0, description="Seconds before the first retry; each later retry waits twice as long."
+    )
 
 
 class CrocoConfig(_Section):
     name: str = Field(
-        "croco", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: each run's report goes to `<storage.root>/runs/<name>/<run_id>/`, the newest completed one's also to `runs/<name>/report.md`; `croco gc` and `croco runs` go by it."
+        "croco",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run name: each run's report goes to `<storage.root>/runs/<name>/<run_id>/`, the newest completed one's also to `runs/<name>/report.md`; `croco gc` and `croco runs` go by it.",
     )
     storage: StorageConfig = StorageConfig()
     retries: dict[str, RetryConfig] = Field(
@@ -311,7 +385,9 @@ class CrocoConfig(_Section):
         description="Retries per stage (`generate`, `score`, ...), with `default` for the others; they never change a cache key.",
     )
     seed: int = Field(42, description="Seed for subsampling, sampling and training.")
-    languages: list[str] = Field(min_length=1, description="Languages to run, as croco language codes (see `croco languages`).")
+    languages: list[str] = Field(
+        min_length=1, description="Languages to run, as croco language codes (see `croco languages`)."
+    )
     models: ModelsConfig
     data: DataConfig
     generate: GenerateConfig = GenerateConfig()
@@ -331,7 +407,10 @@ class CrocoConfig(_Section):
         for name in retries:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
-                raise ValueError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}"))
+                raise ValueError(
+                    f"unknown stage {name!r}"
+                    + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}")
+                )
         return {"default": RetryConfig(attempts=1), **retries}  # naming one stage keeps the default for the others
 
     @model_validator(mode="after")
@@ -359,14 +438,18 @@ class _Loader(yaml.SafeLoader):
     """YAML as PyYAML reads it, except that `1e-4` is a number: YAML 1.1 wants a dot (`1.0e-4`), no user does."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
 
 
 def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def load_config(path: str | Path, overrides: list[str] = (), raw: Any = None, updates: dict[str, Any] | None = None) -> CrocoConfig:
+def load_config(
+    path: str | Path, overrides: list[str] = (), raw: Any = None, updates: dict[str, Any] | None = None
+) -> CrocoConfig:
     """Read a YAML config (or take its parsed `raw` content), apply `key.path=value` overrides, then `updates`
     (values merged into the sections they name), and validate it all."""
     if raw is None:
@@ -414,7 +497,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node[leaf] = read_yaml(value)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise CrocoError(f"override {override!r} is not valid YAML ({problem}); write the value as in a config file, e.g. languages=[en,da]") from None
+        raise CrocoError(
+            f"override {override!r} is not valid YAML ({problem}); write the value as in a config file, e.g. languages=[en,da]"
+        ) from None
 
 
 def _explain(error: dict[str, Any]) -> str:
@@ -441,7 +526,9 @@ def _known_keys(loc: list[str]) -> list[str]:
         if part not in getattr(model, "model_fields", {}):
             continue  # a list index or a key of a mapping such as evaluate.models
         annotation = model.model_fields[part].annotation
-        args = [a for a in getattr(annotation, "__args__", [annotation]) if isinstance(a, type) and issubclass(a, BaseModel)]
+        args = [
+            a for a in getattr(annotation, "__args__", [annotation]) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         model = args[0] if args else annotation
     return list(getattr(model, "model_fields", {}))
 
@@ -460,7 +547,11 @@ def config_reference() -> str:
                 in_list = getattr(annotation, "__origin__", None) is list
                 walk(inner, None if in_list or field.is_required() else default, key + ("[]." if in_list else "."))
                 continue
-            shown = "required" if field.is_required() else f"`{json.dumps(default, default=lambda section: section.model_dump())}`"
+            shown = (
+                "required"
+                if field.is_required()
+                else f"`{json.dumps(default, default=lambda section: section.model_dump())}`"
+            )
             rows.append(f"| `{key}` | {shown} | {field.description or ''} |")
 
     walk(CrocoConfig, None, "")

@@ -36,12 +36,16 @@ def contestant_names(cfg: CrocoConfig) -> list[str]:
     names = ["policy", *run_adapters(cfg)]
     for name in cfg.evaluate.models:
         if name in names:
-            raise CrocoError(f"evaluate.models.{name}: the name {name!r} is taken by the run's own models; choose another")
+            raise CrocoError(
+                f"evaluate.models.{name}: the name {name!r} is taken by the run's own models; choose another"
+            )
         if not SAFE_NAME.match(name) or name in (".", ".."):
             raise CrocoError(f"evaluate.models.{name}: a model name may hold only letters, digits, '_', '.' and '-'")
         names.append(name)
     if cfg.evaluate.baseline not in names:
-        raise CrocoError(f"evaluate.baseline {cfg.evaluate.baseline!r} is none of the evaluated models ({', '.join(names)})")
+        raise CrocoError(
+            f"evaluate.baseline {cfg.evaluate.baseline!r} is none of the evaluated models ({', '.join(names)})"
+        )
     return names
 
 
@@ -50,7 +54,9 @@ def check_served_names(cfg: CrocoConfig) -> None:
     names = contestant_names(cfg)
     for name in cfg.evaluate.served_models:
         if name not in names:
-            raise CrocoError(f"evaluate.served_models.{name}: no evaluated model is called {name!r} (evaluated: {', '.join(names)})")
+            raise CrocoError(
+                f"evaluate.served_models.{name}: no evaluated model is called {name!r} (evaluated: {', '.join(names)})"
+            )
     claimed: dict[tuple[str, str], tuple[tuple, str]] = {}
     for server, served_as, what, named_by in _served(cfg, names):
         first, first_named_by = claimed.setdefault((server, served_as), (what, named_by))
@@ -74,11 +80,21 @@ def _served(cfg: CrocoConfig, names: list[str]) -> list[tuple[str, str, tuple, s
     def plain(model: ModelConfig) -> tuple:
         return (model.path, model.revision, model.adapter)
 
-    add(cfg.generate.engine, "generate.engine.served_model", cfg.models.policy, "models.policy.path (generate)", plain(cfg.models.policy))
+    add(
+        cfg.generate.engine,
+        "generate.engine.served_model",
+        cfg.models.policy,
+        "models.policy.path (generate)",
+        plain(cfg.models.policy),
+    )
     for name in names:
         model = _configured(cfg, name)
         what = ("adapter", name) if name in RUN_ADAPTERS else plain(model)
-        served_key = f"evaluate.served_models.{name}" if name in cfg.evaluate.served_models else f"arena.engine.served_model (for {name})"
+        served_key = (
+            f"evaluate.served_models.{name}"
+            if name in cfg.evaluate.served_models
+            else f"arena.engine.served_model (for {name})"
+        )
         add(arena_engine(cfg, name), served_key, model, f"{_path_key(cfg, name)} (for {name})", what)
     if cfg.judge.enabled and cfg.judge.kind == "llm":
         add(cfg.judge.engine, "judge.engine.served_model", cfg.judge.model, "judge.model.path", plain(cfg.judge.model))
@@ -112,7 +128,13 @@ def identity(cfg: CrocoConfig, name: str, engine: EngineConfig) -> dict[str, Any
 
 def _configured(cfg: CrocoConfig, name: str) -> ModelConfig:
     """A contestant's model as the config names it (a run adapter's: the base it is trained from)."""
-    return base_model(cfg) if name in RUN_ADAPTERS else cfg.models.policy if name == "policy" else cfg.evaluate.models[name]
+    return (
+        base_model(cfg)
+        if name in RUN_ADAPTERS
+        else cfg.models.policy
+        if name == "policy"
+        else cfg.evaluate.models[name]
+    )
 
 
 def resolve(cfg: CrocoConfig, name: str, inputs: dict[str, Version]) -> ModelConfig:

@@ -69,7 +69,11 @@ def load_pairs() -> list[Pair]:
     pairs = []
     for (item_id, language), item in sorted(items.items()):
         other = items[item_id, WRONG_LANGUAGE[language]]["answer"]
-        for kind, rejected in (("truncated", truncated(item["answer"])), ("repetitive", repetitive(item["answer"])), ("wrong_language", other)):
+        for kind, rejected in (
+            ("truncated", truncated(item["answer"])),
+            ("repetitive", repetitive(item["answer"])),
+            ("wrong_language", other),
+        ):
             pairs.append(Pair(item_id, language, item["prompt"], item["answer"], rejected, kind))
     return pairs
 
@@ -102,7 +106,9 @@ def pair_features(model, tokenizer, pairs: list[Pair]) -> torch.Tensor:
     """chosen minus rejected features, one row per pair; each distinct answer is encoded once."""
     texts = sorted({(p.prompt, answer) for p in pairs for answer in (p.chosen, p.rejected)})
     row = {text: i for i, text in enumerate(texts)}
-    features = pooled_features(model, tokenizer, [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in texts])
+    features = pooled_features(
+        model, tokenizer, [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in texts]
+    )
     chosen = torch.tensor([row[p.prompt, p.chosen] for p in pairs])
     rejected = torch.tensor([row[p.prompt, p.rejected] for p in pairs])
     return features[chosen] - features[rejected]

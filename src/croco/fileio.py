@@ -18,9 +18,13 @@ def decode_text(data: bytes, name: str, line: int = 1, offset: int = 0) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        at = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)  # utf-8-sig counts after the BOM
+        at = exc.start + (
+            len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+        )  # utf-8-sig counts after the BOM
         line += data.count(b"\n", 0, at)
-        raise CrocoError(f"{name} line {line} is not UTF-8 (byte offset {offset + at}); save the file as UTF-8") from None
+        raise CrocoError(
+            f"{name} line {line} is not UTF-8 (byte offset {offset + at}); save the file as UTF-8"
+        ) from None
 
 
 def read_text(path: Path | str) -> str:
@@ -62,7 +66,11 @@ def folder_sha256(folder: Path) -> str:
     memo_path = cache_dir() / "file-hashes.json"
     memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
     parts = []
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+    for path in sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ):
         stat = path.stat()
         stamp = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if stamp not in memo:

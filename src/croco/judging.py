@@ -71,8 +71,14 @@ def parse_verdict(text: str, order: str, finish_reason: str, allow_ties: bool) -
 
 
 def judge_prompt(battle: Battle, allow_ties: bool) -> list[dict[str, str]]:
-    first, second = (battle.model_answer, battle.baseline_answer) if battle.order == "model_first" else (battle.baseline_answer, battle.model_answer)
-    text = JUDGE_PROMPT.format(question=battle.question, answer_1=first, answer_2=second, tie_option=TIE_OPTION if allow_ties else "")
+    first, second = (
+        (battle.model_answer, battle.baseline_answer)
+        if battle.order == "model_first"
+        else (battle.baseline_answer, battle.model_answer)
+    )
+    text = JUDGE_PROMPT.format(
+        question=battle.question, answer_1=first, answer_2=second, tie_option=TIE_OPTION if allow_ties else ""
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
 
 
@@ -91,22 +97,37 @@ class LLMJudge:
         # On a server the weights are the server's (a hosted judge has no files here): the served name names them.
         found = model_identity(model) if engine.name == "transformers" else model.model_dump()
         sampling = [self.settings.temperature, self.settings.max_new_tokens, self.settings.allow_ties, self.seed]
-        return {"kind": "llm", "model": found, "engine": engine_identity(engine, model), "template": template, "sampling": sampling}
+        return {
+            "kind": "llm",
+            "model": found,
+            "engine": engine_identity(engine, model),
+            "template": template,
+            "sampling": sampling,
+        }
 
     def judge(self, battles: list[Battle], progress: Callable[[int], None]) -> list[Verdict]:
         if self._generator is None:
             self._generator = load_generator(self.settings.engine, self.settings.model)
         params = SamplingParams(1, self.settings.max_new_tokens, self.settings.temperature, 1.0, self.seed)
         prompts = [judge_prompt(b, self.settings.allow_ties) for b in battles]
-        completions = self._generator.generate(prompts, params, progress, seeds=[battle_seed(self.seed, b) for b in battles])
-        return [parse_verdict(c.text, b.order, c.finish_reason, self.settings.allow_ties) for b, (c,) in zip(battles, completions)]
+        completions = self._generator.generate(
+            prompts, params, progress, seeds=[battle_seed(self.seed, b) for b in battles]
+        )
+        return [
+            parse_verdict(c.text, b.order, c.finish_reason, self.settings.allow_ties)
+            for b, (c,) in zip(battles, completions)
+        ]
 
 
 def judges_with_training_reward(cfg: CrocoConfig) -> bool:
     """Whether the reward judge is the reward model the training pairs were chosen with: a circular judge,
     bound to favour the tuned models."""
     judge, trained_with = cfg.judge.model or cfg.models.reward, cfg.models.reward
-    same_model = (judge.path, judge.revision, judge.adapter) == (trained_with.path, trained_with.revision, trained_with.adapter)
+    same_model = (judge.path, judge.revision, judge.adapter) == (
+        trained_with.path,
+        trained_with.revision,
+        trained_with.adapter,
+    )
     return cfg.judge.kind == "reward" and same_model
 
 
@@ -120,7 +141,12 @@ class RewardJudge:
         self._scorer = None
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "reward", "model": model_identity(self.model), "engine": engine_identity(self.engine, self.model), "max_len": self.max_len}
+        return {
+            "kind": "reward",
+            "model": model_identity(self.model),
+            "engine": engine_identity(self.engine, self.model),
+            "max_len": self.max_len,
+        }
 
     def judge(self, battles: list[Battle], progress: Callable[[int], None]) -> list[Verdict]:
         if self._scorer is None:
@@ -138,7 +164,9 @@ class RewardJudge:
             if model.reward is None or baseline.reward is None:
                 verdicts.append(Verdict(None, model.skip_reason or baseline.skip_reason, text))
             else:
-                outcome = "win" if model.reward > baseline.reward else "loss" if model.reward < baseline.reward else "tie"
+                outcome = (
+                    "win" if model.reward > baseline.reward else "loss" if model.reward < baseline.reward else "tie"
+                )
                 verdicts.append(Verdict(outcome, None, text))
         return verdicts
 

@@ -28,15 +28,15 @@ from array import array
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from json.decoder import scanstring
 from pathlib import Path
 
 import numpy as np
-from json.decoder import scanstring
 
 from croco.errors import CrocoError
+from croco.fileio import decode_text, text_lines, write_atomic
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.pairing import PRODUCTS, ScoredSamples, build_products
-from croco.fileio import decode_text, text_lines, write_atomic
 
 log = logging.getLogger("croco")
 
@@ -68,7 +68,9 @@ def language_of(path: Path) -> str:
     last = _language_named(stem.removesuffix("_scored").rsplit("_", 1)[-1])
     named = {code for code in map(_language_named, re.split(r"[^A-Za-z]+", stem)) if code}
     if last is None and len(named) != 1:
-        raise CrocoError(f"cannot tell the language of {path} from its name; end it with a language code or name, e.g. scored_da.jsonl or danish_scored.jsonl")
+        raise CrocoError(
+            f"cannot tell the language of {path} from its name; end it with a language code or name, e.g. scored_da.jsonl or danish_scored.jsonl"
+        )
     return last or named.pop()
 
 
@@ -77,7 +79,9 @@ def _language_named(word: str) -> str | None:
     return word if word in LANGUAGES else _CODE_OF_NAME.get(word)
 
 
-def migrate(scored: list[Path], originals: list[Path], out: Path, target: str, k: float, prompt_source: str, seed: int) -> dict:
+def migrate(
+    scored: list[Path], originals: list[Path], out: Path, target: str, k: float, prompt_source: str, seed: int
+) -> dict:
     started = time.perf_counter()
     by_language = {language_of(p): p for p in originals}
     if len(by_language) != len(originals):
@@ -117,7 +121,9 @@ def migrate(scored: list[Path], originals: list[Path], out: Path, target: str, k
     products, skipped = build_products(samples, target, k, prompt_source, seed, fetch)
     out.mkdir(parents=True, exist_ok=True)
     for name in PRODUCTS:
-        write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in products[name]).encode())
+        write_atomic(
+            out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in products[name]).encode()
+        )
     rejected = Counter()
     for f in files:
         rejected.update({f"{f.path.name}/{reason}": n for reason, n in f.rejected.items()})
@@ -142,9 +148,13 @@ def _prompt_lines(originals: Path) -> dict[str, int]:
             messages = json.loads(line)["messages"]
             prompt = next(m["content"] for m in messages if m["role"] == "user")
         except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
-            raise CrocoError(f"{originals} line {number}: expected a JSON object with a user message in 'messages'") from None
+            raise CrocoError(
+                f"{originals} line {number}: expected a JSON object with a user message in 'messages'"
+            ) from None
         if prompt in lines:
-            raise CrocoError(f"{originals} lines {lines[prompt] + 1} and {number} hold the same prompt; samples could not be matched to one of them")
+            raise CrocoError(
+                f"{originals} lines {lines[prompt] + 1} and {number} hold the same prompt; samples could not be matched to one of them"
+            )
         lines[prompt] = number - 1  # line k (from 0) is prompt k
     return lines
 
@@ -183,7 +193,9 @@ def _read_scored(path: Path, language: str, originals: Path) -> ScoredFile:
             try:
                 user, score = _user_and_reward(decode_text(line, str(path), number, start))
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                raise CrocoError(f"{path} line {number}: expected {{\"messages\": [user, assistant], \"reward_score\": number}}") from None
+                raise CrocoError(
+                    f'{path} line {number}: expected {{"messages": [user, assistant], "reward_score": number}}'
+                ) from None
             line_number = prompt_lines.get(user)
             if line_number is None:
                 line_number = prompt_lines.get(_INSTRUCTION.sub("", user))
@@ -204,4 +216,12 @@ def _read_scored(path: Path, language: str, originals: Path) -> ScoredFile:
                 offset.append(start)
             if line_number is not None:
                 seen[line_number] += 1  # sample indices follow file order, rejected lines included
-    return ScoredFile(path, language, *(np.frombuffer(a, dtype=np.int64 if a.typecode == "q" else np.float64) for a in (prompt, sample_index, reward, offset)), dict(rejected))
+    return ScoredFile(
+        path,
+        language,
+        *(
+            np.frombuffer(a, dtype=np.int64 if a.typecode == "q" else np.float64)
+            for a in (prompt, sample_index, reward, offset)
+        ),
+        dict(rejected),
+    )

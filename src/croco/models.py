@@ -15,8 +15,8 @@ import torch
 
 from croco.config import ModelConfig
 from croco.embedded import is_embedded, resolve_model
-from croco.fileio import folder_sha256
 from croco.errors import CrocoError
+from croco.fileio import folder_sha256
 from croco.sources import hub_commit
 
 
@@ -39,7 +39,9 @@ def load_tokenizer(model: ModelConfig, padding_side: str = "left"):
         resolve_model(model.path), revision=model.revision, trust_remote_code=model.trust_remote_code
     )
     if not tokenizer.chat_template:
-        raise CrocoError(f"model {model.path} has no chat template; croco renders every prompt with the model's own template")
+        raise CrocoError(
+            f"model {model.path} has no chat template; croco renders every prompt with the model's own template"
+        )
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -72,15 +74,28 @@ def load_reward_model(model: ModelConfig, device: torch.device) -> torch.nn.Modu
 
     loaded = load_model(model, AutoModelForSequenceClassification, device)
     classifier = loaded.get_base_model() if hasattr(loaded, "get_base_model") else loaded  # under a PEFT adapter
-    head = next((getattr(classifier, name) for name in ("score", "classifier") if isinstance(getattr(classifier, name, None), torch.nn.Module)), None)
+    head = next(
+        (
+            getattr(classifier, name)
+            for name in ("score", "classifier")
+            if isinstance(getattr(classifier, name, None), torch.nn.Module)
+        ),
+        None,
+    )
     if head is None:
-        raise CrocoError(f"reward model {model.path} has no `score` or `classifier` head; croco runs a sequence classifier's head in float32")
+        raise CrocoError(
+            f"reward model {model.path} has no `score` or `classifier` head; croco runs a sequence classifier's head in float32"
+        )
     head.float()
-    head.register_forward_pre_hook(lambda _, inputs: tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs))
+    head.register_forward_pre_hook(
+        lambda _, inputs: tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+    )
     return loaded
 
 
-def encode_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+def encode_chat(
+    tokenizer, messages: list[dict[str, str]], generation_prompt: bool, template_kwargs: dict[str, Any] | None = None
+) -> list[int]:
     """Token ids of a conversation rendered with the model's chat template.
 
     Rendered and tokenized in one step: the template already writes the BOS token, and
@@ -130,7 +145,11 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
     elif local.is_dir():
         found |= {"weights_sha256": folder_sha256(local), "location": {"path": model.path}}
     else:
-        found |= {"path": model.path, "revision": model.revision, "commit": hub_commit(model.path, model.revision, "model")}
+        found |= {
+            "path": model.path,
+            "revision": model.revision,
+            "commit": hub_commit(model.path, model.revision, "model"),
+        }
     if model.adapter:
         found["adapter_sha256"] = folder_sha256(Path(model.adapter))
         found.setdefault("location", {})["adapter"] = model.adapter

@@ -46,11 +46,16 @@ class Selection:
         return self.pool_size >= 2
 
     def skip_counts(self) -> dict[str, int]:
-        counts = {POOL_TOO_SMALL: int((~self.big_enough).sum()), NO_VALID_REJECTED: int((self.big_enough & ~self.has_pair).sum())}
+        counts = {
+            POOL_TOO_SMALL: int((~self.big_enough).sum()),
+            NO_VALID_REJECTED: int((self.big_enough & ~self.has_pair).sum()),
+        }
         return {reason: n for reason, n in counts.items() if n}
 
 
-def select(group: np.ndarray, order: np.ndarray, reward: np.ndarray, target: str = "mean_minus_2sigma", k: float = -2.0) -> Selection:
+def select(
+    group: np.ndarray, order: np.ndarray, reward: np.ndarray, target: str = "mean_minus_2sigma", k: float = -2.0
+) -> Selection:
     """Chosen and rejected rows for every pool; `group`, `order` and `reward` are per-sample arrays.
 
     One stable sort by (group, order) puts each pool's samples together, earliest first; every
@@ -132,10 +137,16 @@ class ScoredSamples:
 Fetch = Callable[[np.ndarray], dict[int, tuple[str, str]]]
 
 
-def build_products(samples: ScoredSamples, target: str, k: float, prompt_source: str, seed: int, fetch: Fetch) -> tuple[dict[str, list[dict]], dict[str, int]]:
+def build_products(
+    samples: ScoredSamples, target: str, k: float, prompt_source: str, seed: int, fetch: Fetch
+) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """The four training sets (in-language and all-language SFT and DPO) and the skips per product and reason."""
-    in_language = select(samples.prompt * len(samples.languages) + samples.language, samples.sample_index, samples.reward, target, k)
-    all_languages = select(samples.prompt, samples.language * samples.stride + samples.sample_index, samples.reward, target, k)
+    in_language = select(
+        samples.prompt * len(samples.languages) + samples.language, samples.sample_index, samples.reward, target, k
+    )
+    all_languages = select(
+        samples.prompt, samples.language * samples.stride + samples.sample_index, samples.reward, target, k
+    )
 
     # All-language DPO takes its prompt from the chosen or the rejected sample's language.
     paired = all_languages.has_pair
@@ -149,13 +160,18 @@ def build_products(samples: ScoredSamples, target: str, k: float, prompt_source:
     texts = fetch(np.unique(wanted[wanted >= 0]))
 
     def sft(selection: Selection) -> list[dict]:
-        return [_sft_record(samples, texts, int(row), int(size)) for row, size in zip(selection.chosen[selection.big_enough], selection.pool_size[selection.big_enough])]
+        return [
+            _sft_record(samples, texts, int(row), int(size))
+            for row, size in zip(selection.chosen[selection.big_enough], selection.pool_size[selection.big_enough])
+        ]
 
     def dpo(selection: Selection, prompt_rows: np.ndarray) -> list[dict]:
         keep = selection.has_pair
         return [
             _dpo_record(samples, texts, int(p), int(c), int(r), int(size))
-            for p, c, r, size in zip(prompt_rows[keep], selection.chosen[keep], selection.rejected[keep], selection.pool_size[keep])
+            for p, c, r, size in zip(
+                prompt_rows[keep], selection.chosen[keep], selection.rejected[keep], selection.pool_size[keep]
+            )
         ]
 
     products = {
@@ -174,14 +190,26 @@ def build_products(samples: ScoredSamples, target: str, k: float, prompt_source:
 
 
 def _ids(samples: ScoredSamples, row: int) -> tuple[str, str, int, float]:
-    return str(samples.prompt_ids[samples.prompt[row]]), samples.languages[samples.language[row]], int(samples.sample_index[row]), float(samples.reward[row])
+    return (
+        str(samples.prompt_ids[samples.prompt[row]]),
+        samples.languages[samples.language[row]],
+        int(samples.sample_index[row]),
+        float(samples.reward[row]),
+    )
 
 
 def _sft_record(samples: ScoredSamples, texts, row: int, pool_size: int) -> dict:
     prompt_id, language, index, reward = _ids(samples, row)
     prompt, response = texts[row]
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    return {"prompt_id": prompt_id, "language": language, "messages": messages, "reward": reward, "sample_index": index, "pool_size": pool_size}
+    return {
+        "prompt_id": prompt_id,
+        "language": language,
+        "messages": messages,
+        "reward": reward,
+        "sample_index": index,
+        "pool_size": pool_size,
+    }
 
 
 def _dpo_record(samples: ScoredSamples, texts, prompt_row: int, chosen: int, rejected: int, pool_size: int) -> dict:

@@ -54,7 +54,9 @@ class Plan:
     def __init__(self, units: list[Unit], skipped: dict[str, str] | None = None):
         self.units = units
         self.by_id = {u.id: u for u in units}
-        self.skipped = skipped or {}  # `stage/language` -> why that stage does not run there (e.g. no EuroEval datasets)
+        self.skipped = (
+            skipped or {}
+        )  # `stage/language` -> why that stage does not run there (e.g. no EuroEval datasets)
 
     def of(self, stage: str) -> list[Unit]:
         return [u for u in self.units if u.stage == stage]
@@ -83,12 +85,28 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
             read = module.inputs(cfg, language, model)
             missing = [i for i in read if i not in units]
             if missing:
-                raise ValueError(f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?")
+                raise ValueError(
+                    f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?"
+                )
             settings = module.settings(cfg, language, model)
             # The real values are hashed (a digest reveals nothing; masked, two dataset names differing only in a
             # token-like part would share a key); the manifest stores them masked.
-            key = stable_hash({"stage": module.NAME, "code": module.CODE_VERSION, "settings": hashed(settings), "inputs": [units[i].key for i in read]})
-            unit = Unit(module.NAME, language, key, model, tuple((i, units[i].version_path) for i in read), redact_value(settings))
+            key = stable_hash(
+                {
+                    "stage": module.NAME,
+                    "code": module.CODE_VERSION,
+                    "settings": hashed(settings),
+                    "inputs": [units[i].key for i in read],
+                }
+            )
+            unit = Unit(
+                module.NAME,
+                language,
+                key,
+                model,
+                tuple((i, units[i].version_path) for i in read),
+                redact_value(settings),
+            )
             units[unit.id] = unit
     wanted = set(targets) if targets is not None else set(modules)
     needed: set[str] = set()
@@ -99,7 +117,10 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
             needed.add(current)
             todo.extend(unit_id for unit_id, _ in units[current].inputs)
     stages = wanted | {units[unit_id].stage for unit_id in needed}
-    return Plan([u for u in units.values() if u.id in needed], {unit_id: why for unit_id, why in skipped.items() if unit_id.split("/")[0] in stages})
+    return Plan(
+        [u for u in units.values() if u.id in needed],
+        {unit_id: why for unit_id, why in skipped.items() if unit_id.split("/")[0] in stages},
+    )
 
 
 def hashed(settings: Any) -> Any:
@@ -139,4 +160,6 @@ def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:
         else:
             state = f"redo ({problems[0]})"
         rows.append({"unit": unit.id, "state": state, "version": version.relative})
-    return rows + [{"unit": unit_id, "state": f"skipped: {why}", "version": ""} for unit_id, why in plan.skipped.items()]
+    return rows + [
+        {"unit": unit_id, "state": f"skipped: {why}", "version": ""} for unit_id, why in plan.skipped.items()
+    ]

@@ -48,4 +48,9 @@ def _prefetch_euroeval(cfg: CrocoConfig) -> None:
     for code, names in table.items():
         log.info("prefetch: EuroEval datasets for %s: %s", code, ", ".join(names))
         arguments = ["--model", cfg.models.policy.path, "--language", LANGUAGES[code].euroeval_code, "--download-only"]
-        run_in_euroeval(cfg, CLI_SCRIPT, [*arguments, *[a for n in names for a in ("--dataset", n)]], purpose=f"download EuroEval's {code} datasets")
+        run_in_euroeval(
+            cfg,
+            CLI_SCRIPT,
+            [*arguments, *[a for n in names for a in ("--dataset", n)]],
+            purpose=f"download EuroEval's {code} datasets",
+        )

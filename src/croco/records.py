@@ -120,7 +120,10 @@ JUDGMENT = pa.schema(
         ("subcategory", pa.string()),
         ("order", pa.string()),  # "model_first", "baseline_first", or "none" for the reward judge
         ("outcome", pa.string()),  # the model's result: "win", "loss", "tie"; null when unparseable
-        ("unparseable", pa.string()),  # why there is no outcome: "no_verdict", "length" (cut off), "tie_not_allowed", "too_long"
+        (
+            "unparseable",
+            pa.string(),
+        ),  # why there is no outcome: "no_verdict", "length" (cut off), "tie_not_allowed", "too_long"
         ("judgment", pa.string()),  # the judge's text, or the two rewards for the reward judge
         ("model_length", pa.int32()),  # answer lengths in characters
         ("baseline_length", pa.int32()),

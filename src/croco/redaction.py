@@ -27,9 +27,23 @@ URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+(?::[^/\s@]*)?@")  # user:passwo
 _PATTERNS = [
     (URL_CREDENTIALS, MASK + "@"),
     (re.compile(r"\b(bearer\s+)[^\s'\",]+", re.IGNORECASE), r"\1" + MASK),
-    (re.compile(r"\b(?:sk|hf|ghp|gho|github_pat|xox[abp])[-_][A-Za-z0-9_-]{16,}"), MASK),  # OpenAI/Anthropic, Hugging Face, GitHub, Slack
-    (re.compile(r"((?<![\w-])--?[\w-]*(?:key|token|secret|password)['\"]?(?:\s*[=:,]\s*|\s+)['\"]?)(?!\*\*\*)[^\s'\",&]+", re.IGNORECASE), r"\1" + MASK),
-    (re.compile(r"(\b\w*(?:api[_-]?key|token|secret|password)['\"]?\s*[=:]\s*['\"]?)(?!\*\*\*)[^\s'\",&]+", re.IGNORECASE), r"\1" + MASK),
+    (
+        re.compile(r"\b(?:sk|hf|ghp|gho|github_pat|xox[abp])[-_][A-Za-z0-9_-]{16,}"),
+        MASK,
+    ),  # OpenAI/Anthropic, Hugging Face, GitHub, Slack
+    (
+        re.compile(
+            r"((?<![\w-])--?[\w-]*(?:key|token|secret|password)['\"]?(?:\s*[=:,]\s*|\s+)['\"]?)(?!\*\*\*)[^\s'\",&]+",
+            re.IGNORECASE,
+        ),
+        r"\1" + MASK,
+    ),
+    (
+        re.compile(
+            r"(\b\w*(?:api[_-]?key|token|secret|password)['\"]?\s*[=:]\s*['\"]?)(?!\*\*\*)[^\s'\",&]+", re.IGNORECASE
+        ),
+        r"\1" + MASK,
+    ),
 ]
 # The same patterns as one regex, for a flow parameter's JSON schema: a Prefect server refuses to create a deployment
 # run whose parameter matches it (deployments enforce their parameter schema by default), so the value is never stored.
@@ -86,7 +100,10 @@ def redact_value(value: Any) -> Any:
         return {key: redact_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         # A command line as a list (`euroeval.extra_args`): the item after a key flag is the key.
-        items = [MASK if i and isinstance(item, str) and _SECRET_FLAG.fullmatch(str(value[i - 1])) else redact_value(item) for i, item in enumerate(value)]
+        items = [
+            MASK if i and isinstance(item, str) and _SECRET_FLAG.fullmatch(str(value[i - 1])) else redact_value(item)
+            for i, item in enumerate(value)
+        ]
         return type(value)(items)
     return value
 

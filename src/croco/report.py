@@ -40,7 +40,9 @@ def run_folder(storage: Storage, cfg: CrocoConfig, run_id: str) -> str:
     return f"{report_folder(storage, cfg)}/{run_id}"
 
 
-def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict[str, dict], sections: dict[str, str], run: dict) -> tuple[str, str]:
+def write_report(
+    cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict[str, dict], sections: dict[str, str], run: dict
+) -> tuple[str, str]:
     """(report path, Markdown) of run record `run`; `sections` are titled tables computed by the flow (arena win
     rates, EuroEval), their links relative to the run's folder."""
     folder = run_folder(storage, cfg, run["run_id"])
@@ -52,7 +54,10 @@ def write_report(cfg: CrocoConfig, plan: Plan, storage: Storage, manifests: dict
     generated = {u.language: storage.version_at(u.version_path) for u in plan.of("generate")}
     scored = [storage.version_at(u.version_path) for u in plan.of("score")]
     if generated:
-        samples = pa.concat_tables(v.read(SAMPLE, columns=["prompt_id", "language", "sample_index", "finish_reason", "completion_tokens"]) for v in generated.values())
+        samples = pa.concat_tables(
+            v.read(SAMPLE, columns=["prompt_id", "language", "sample_index", "finish_reason", "completion_tokens"])
+            for v in generated.values()
+        )
         lines += ["", "## Samples", "", *_sample_table(samples)]
     if scored:
         scores = pa.concat_tables(v.read(SCORE, columns=[*SAMPLE_KEY, "reward"]) for v in scored)
@@ -83,9 +88,18 @@ def show_as_newest(storage: Storage, cfg: CrocoConfig, run_id: str, text: str) -
 
 def _header(cfg: CrocoConfig, storage: Storage, run: dict) -> list[str]:
     """Which run this is and what it ran: its id, start, languages, models, and the settings that differ from the defaults."""
-    models = ", ".join(f"{role} `{model.path}{'@' + model.revision if model.revision else ''}`" for role, model in cfg.models if model)
-    changed = {key: value for key, value in cfg.model_dump(mode="json", exclude_defaults=True).items() if key not in NAMED_SETTINGS}
-    settings = ", ".join(f"`{key}={value if isinstance(value, str) else json.dumps(value)}`" for key, value in _flatten(redact_value(changed)))
+    models = ", ".join(
+        f"{role} `{model.path}{'@' + model.revision if model.revision else ''}`" for role, model in cfg.models if model
+    )
+    changed = {
+        key: value
+        for key, value in cfg.model_dump(mode="json", exclude_defaults=True).items()
+        if key not in NAMED_SETTINGS
+    }
+    settings = ", ".join(
+        f"`{key}={value if isinstance(value, str) else json.dumps(value)}`"
+        for key, value in _flatten(redact_value(changed))
+    )
     return [
         f"Run `{run['run_id']}`, started {run['started_at']}, storage `{storage.uri}`.",
         "",
@@ -105,8 +119,14 @@ def _flatten(value: dict, prefix: str = ""):
 
 
 def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
-    provenance = "off-policy pairs (another model's samples)" if manifest["settings"]["off_policy"] else "on-policy pairs"
-    evaluated = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in manifest["eval"].items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k)
+    provenance = (
+        "off-policy pairs (another model's samples)" if manifest["settings"]["off_policy"] else "on-policy pairs"
+    )
+    evaluated = ", ".join(
+        f"{k.removeprefix('eval_')} {v:.4g}"
+        for k, v in manifest["eval"].items()
+        if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
+    )
     lines = [
         f"## {stage.upper()}",
         "",
@@ -123,7 +143,10 @@ def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
 
 
 def _sample_table(samples: pa.Table) -> list[str]:
-    rows = ["| language | samples | prompts | stopped | hit max_new_tokens | other finish | mean tokens |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| language | samples | prompts | stopped | hit max_new_tokens | other finish | mean tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     by_language = samples.group_by("language").aggregate(
         [("sample_index", "count"), ("prompt_id", "count_distinct"), ("completion_tokens", "mean")]
     )
@@ -156,13 +179,21 @@ def _reward_table(scores: pa.Table) -> list[str]:
 def _extremes(generated: dict[str, Version], samples: pa.Table, scores: pa.Table) -> list[str]:
     """Texts are read only for the samples of each language's first prompt (the smallest id; prompts are stored in
     id order, so it is in the first shard)."""
-    first_prompt = {r["language"]: r["prompt_id_min"] for r in samples.group_by("language").aggregate([("prompt_id", "min")]).to_pylist()}
+    first_prompt = {
+        r["language"]: r["prompt_id_min"]
+        for r in samples.group_by("language").aggregate([("prompt_id", "min")]).to_pylist()
+    }
     lines = []
     for language, version in generated.items():
         first = first_prompt.get(language)
         if first is None:
             continue
-        texts = version.read_shard(version.shard_names()[0], SAMPLE, columns=[*SAMPLE_KEY, "prompt", "response"], filters=[("prompt_id", "=", first)])
+        texts = version.read_shard(
+            version.shard_names()[0],
+            SAMPLE,
+            columns=[*SAMPLE_KEY, "prompt", "response"],
+            filters=[("prompt_id", "=", first)],
+        )
         rows = scores.join(texts, keys=list(SAMPLE_KEY), join_type="inner").to_pylist()
         if not rows:
             continue

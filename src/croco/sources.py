@@ -37,7 +37,9 @@ def read_source(source: DataSource, name: str | None = None) -> Iterator[tuple[s
         try:
             data = json.loads(read_text(local))
         except json.JSONDecodeError as exc:
-            raise CrocoError(f"{local} is not valid JSON ({exc.msg} at line {exc.lineno}); use a list of records or JSONL") from None
+            raise CrocoError(
+                f"{local} is not valid JSON ({exc.msg} at line {exc.lineno}); use a list of records or JSONL"
+            ) from None
         if not isinstance(data, list):
             raise CrocoError(f"{local} must hold a JSON list of records")
         for number, record in enumerate(data):
@@ -58,7 +60,9 @@ def local_path(source: DataSource) -> Path | None:
             raise CrocoError(f"data file {path} does not exist (data.sources)")
         return path
     if path.is_file():
-        raise CrocoError(f"data file {path} is neither .json nor .jsonl; convert it, or give its folder to load it through datasets")
+        raise CrocoError(
+            f"data file {path} is neither .json nor .jsonl; convert it, or give its folder to load it through datasets"
+        )
     return None  # a dataset id or a local dataset folder, both loaded by datasets
 
 
@@ -68,7 +72,11 @@ def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]
     try:
         dataset = datasets.load_dataset(source.path, name=name, split=source.split, revision=source.revision)
     except Exception as exc:  # datasets raises many kinds; the user needs the id and the cause
-        raise CrocoError(f"could not load dataset {source.path!r}{f' configuration {name!r}' if name else ''} split {source.split!r}: {exc}".replace("\n", " ")) from None
+        raise CrocoError(
+            f"could not load dataset {source.path!r}{f' configuration {name!r}' if name else ''} split {source.split!r}: {exc}".replace(
+                "\n", " "
+            )
+        ) from None
     for number, row in enumerate(dataset):
         yield f"dataset {source.path} row {number}", row
 
@@ -93,7 +101,13 @@ def fingerprint(source: DataSource, language: str, language_field: str) -> dict[
     if folder.is_dir():
         return {"location": source.path, "sha256": folder_sha256(folder), "split": source.split, "name": source.name}
     commit = hub_commit(source.path, source.revision, "dataset")
-    return {"dataset": source.path, "name": source.name, "split": source.split, "revision": source.revision, "commit": commit}
+    return {
+        "dataset": source.path,
+        "name": source.name,
+        "split": source.split,
+        "revision": source.revision,
+        "commit": commit,
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,5 +131,10 @@ def hub_commit(repo_id: str, revision: str | None, repo_type: str) -> str | None
             return HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
         except Exception:  # no network, no such repository, no access: the cache may still know
             pass
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / (revision or "main")
+    ref = (
+        Path(constants.HF_HUB_CACHE)
+        / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+        / "refs"
+        / (revision or "main")
+    )
     return ref.read_text().strip() if ref.is_file() else None

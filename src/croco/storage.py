@@ -66,7 +66,9 @@ class MissingVersion(CrocoError):
 class Storage:
     def __init__(self, root: str, credentials_block: str | None = None, verify: str = "checksum"):
         if "@" in root.split("://", 1)[-1].split("/", 1)[0]:
-            raise CrocoError("storage.root must not hold credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile instead")
+            raise CrocoError(
+                "storage.root must not hold credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile instead"
+            )
         options = _block_credentials(credentials_block, root) if credentials_block else {}
         self.fs, path = fsspec.core.url_to_fs(root, **options)
         self.local = "file" in _protocols(self.fs)
@@ -126,9 +128,13 @@ def _block_credentials(name: str, root: str) -> dict[str, Any]:
     try:
         block = AwsCredentials.load(name, _sync=True)
     except ValueError as error:
-        raise CrocoError(f"storage.credentials_block: no AwsCredentials block named {name!r} on the Prefect server ({error})") from None
+        raise CrocoError(
+            f"storage.credentials_block: no AwsCredentials block named {name!r} on the Prefect server ({error})"
+        ) from None
     if block.assume_role_arn:
-        raise CrocoError(f"storage.credentials_block: block {name!r} assumes a role, which croco's s3fs storage does not do; use a profile instead")
+        raise CrocoError(
+            f"storage.credentials_block: block {name!r} assumes a role, which croco's s3fs storage does not do; use a profile instead"
+        )
     secret = block.aws_secret_access_key
     options = {
         "key": block.aws_access_key_id,
@@ -144,7 +150,14 @@ def _block_credentials(name: str, root: str) -> dict[str, Any]:
 def _parquet_bytes(table: pa.Table) -> bytes:
     """Parquet with LZ4 (decodes several times faster than Snappy at about the same size) and dictionary
     pages only for columns that repeat: ids, languages, prompts."""
-    repeated = [f.name for f in table.schema if not (pa.types.is_string(f.type) and table.column(f.name).nbytes > DICTIONARY_MAX_AVERAGE_BYTES * max(table.num_rows, 1))]
+    repeated = [
+        f.name
+        for f in table.schema
+        if not (
+            pa.types.is_string(f.type)
+            and table.column(f.name).nbytes > DICTIONARY_MAX_AVERAGE_BYTES * max(table.num_rows, 1)
+        )
+    ]
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="lz4", use_dictionary=repeated)
     return buffer.getvalue()
@@ -210,10 +223,20 @@ class Version:
         manifest = self.manifest()
         if manifest is None:
             return ["not committed"]
-        expected = {f"{part}/part-{name}.parquet": entry[part] for name, entry in manifest["shards"].items() for part in PARTS if entry[part]}
+        expected = {
+            f"{part}/part-{name}.parquet": entry[part]
+            for name, entry in manifest["shards"].items()
+            for part in PARTS
+            if entry[part]
+        }
         # Manifests written before files had checksums hold only their sizes.
-        expected |= {f"files/{name}": entry if isinstance(entry, dict) else {"bytes": entry} for name, entry in manifest.get("files", {}).items()}
-        sizes = {p[len(self.path) + 1 :]: info["size"] for p, info in self.storage.fs.find(self.path, detail=True).items()}
+        expected |= {
+            f"files/{name}": entry if isinstance(entry, dict) else {"bytes": entry}
+            for name, entry in manifest.get("files", {}).items()
+        }
+        sizes = {
+            p[len(self.path) + 1 :]: info["size"] for p, info in self.storage.fs.find(self.path, detail=True).items()
+        }
         found, same_size = [], []
         for name, entry in expected.items():
             have = sizes.get(name)
@@ -225,7 +248,11 @@ class Version:
                 same_size.append(name)
         if self.storage.verify == "checksum":
             checksums = _TRANSFERS.map(lambda name: self._sha256(f"{self.path}/{name}"), same_size)
-            found += [f"{name} has other bytes than its manifest says (sha256 differs)" for name, sha in zip(same_size, checksums) if sha != expected[name]["sha256"]]
+            found += [
+                f"{name} has other bytes than its manifest says (sha256 differs)"
+                for name, sha in zip(same_size, checksums)
+                if sha != expected[name]["sha256"]
+            ]
         return found + self.stale_inputs(manifest)
 
     def _sha256(self, path: str) -> str:
@@ -243,7 +270,9 @@ class Version:
         for read in manifest.get("lineage", {}).values():
             now = self.storage.version_at(read["version"]).manifest()
             if now is None or now["digest"] != read["digest"]:
-                found.append(f"its input {read['version']} has been {'removed' if now is None else 'recomputed with other data'} since")
+                found.append(
+                    f"its input {read['version']} has been {'removed' if now is None else 'recomputed with other data'} since"
+                )
         return found
 
     def discard(self, reason: str) -> None:
@@ -269,7 +298,11 @@ class Version:
         before = self._json(f"{self.path}/{STARTED}")
         earlier = [f"{self.path}/{part}" for part in ("index", *PARTS, "files") if fs.exists(f"{self.path}/{part}")]
         if before != made_from and earlier:
-            log.warning("%s: its finished work was made from other data than its inputs (%s) hold now; discarding it and starting over", self.relative, ", ".join(made_from) or "none")
+            log.warning(
+                "%s: its finished work was made from other data than its inputs (%s) hold now; discarding it and starting over",
+                self.relative,
+                ", ".join(made_from) or "none",
+            )
             for folder in earlier:  # the index first: it is what marks a shard finished
                 fs.rm(folder, recursive=True)
         work, marker = self._work_paths()
@@ -305,9 +338,15 @@ class Version:
             if not verify:
                 entries[name] = entry
                 continue
-            broken = [part for part in PARTS if entry[part] and not self._matches(f"{self.path}/{part}/part-{name}.parquet", entry[part])]
+            broken = [
+                part
+                for part in PARTS
+                if entry[part] and not self._matches(f"{self.path}/{part}/part-{name}.parquet", entry[part])
+            ]
             if broken:
-                log.warning("%s: shard %s does not match its index (%s); redoing it", self.relative, name, ", ".join(broken))
+                log.warning(
+                    "%s: shard %s does not match its index (%s); redoing it", self.relative, name, ", ".join(broken)
+                )
                 self.remove_shard(name)
                 continue
             entries[name] = entry
@@ -319,12 +358,22 @@ class Version:
         except FileNotFoundError:
             return False
 
-    def write_shard(self, name: str, records: pa.Table | list[dict], schema: pa.Schema, skipped: list[dict] | None = None, skipped_schema: pa.Schema | None = None) -> None:
+    def write_shard(
+        self,
+        name: str,
+        records: pa.Table | list[dict],
+        schema: pa.Schema,
+        skipped: list[dict] | None = None,
+        skipped_schema: pa.Schema | None = None,
+    ) -> None:
         """Encode one shard (its records, and its skipped records if there are any) and upload it in the
         background, then its index entry: the entry marks it finished. A few shards are in flight at most; an
         upload's error is raised here or at the next read, listing or commit."""
         blobs = {}
-        for part, rows, part_schema in (("data", records, schema), ("skipped", skipped or [], skipped_schema or SKIPPED)):
+        for part, rows, part_schema in (
+            ("data", records, schema),
+            ("skipped", skipped or [], skipped_schema or SKIPPED),
+        ):
             table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=part_schema)
             if part == "data" or table.num_rows:
                 blobs[part] = (table.num_rows, _parquet_bytes(table))
@@ -346,7 +395,11 @@ class Version:
             upload.result()
 
     def remove_shard(self, name: str) -> None:
-        for path in (f"{self.path}/index/part-{name}.json", f"{self.path}/data/part-{name}.parquet", f"{self.path}/skipped/part-{name}.parquet"):
+        for path in (
+            f"{self.path}/index/part-{name}.json",
+            f"{self.path}/data/part-{name}.parquet",
+            f"{self.path}/skipped/part-{name}.parquet",
+        ):
             if self.storage.fs.exists(path):
                 self.storage.fs.rm(path)
 
@@ -362,13 +415,18 @@ class Version:
         part = "skipped" if skipped else "data"
         shards = [(name, entry[part]) for name, entry in sorted(self._entries().items()) if entry[part]]
         downloads = [_TRANSFERS.submit(self._fetch, f"{self.path}/{part}/part-{name}.parquet") for name, _ in shards]
-        tables = [self._decode(name, entry, part, download.result(), schema, columns) for (name, entry), download in zip(shards, downloads)]
+        tables = [
+            self._decode(name, entry, part, download.result(), schema, columns)
+            for (name, entry), download in zip(shards, downloads)
+        ]
         if not tables:
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
         return pa.concat_tables(tables)
 
-    def read_shard(self, name: str, schema: pa.Schema, columns: list[str] | None = None, filters: list[tuple] | None = None) -> pa.Table:
+    def read_shard(
+        self, name: str, schema: pa.Schema, columns: list[str] | None = None, filters: list[tuple] | None = None
+    ) -> pa.Table:
         """One finished shard; `filters` (pyarrow's DNF, e.g. [("prompt_id", "=", "p1")]) keeps only the rows wanted."""
         data = self._fetch(f"{self.path}/data/part-{name}.parquet")
         return self._decode(name, self._entries()[name]["data"], "data", data, schema, columns, filters)
@@ -382,14 +440,25 @@ class Version:
         except FileNotFoundError:
             return b""
 
-    def _decode(self, name: str, entry: dict, part: str, data: bytes, schema: pa.Schema, columns: list[str] | None, filters: list[tuple] | None = None) -> pa.Table:
+    def _decode(
+        self,
+        name: str,
+        entry: dict,
+        part: str,
+        data: bytes,
+        schema: pa.Schema,
+        columns: list[str] | None,
+        filters: list[tuple] | None = None,
+    ) -> pa.Table:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             if not self.writing:
                 self.committed_manifest()  # deleted while it was read: say so, rather than "corrupt"
             self.remove_shard(name)
             if self.committed():
                 self.uncommit(f"shard {part}/part-{name}.parquet is missing or corrupt")
-            raise CorruptShard(f"{self.uri}: shard {part}/part-{name}.parquet is missing or corrupt (sha256 differs from its index); it was removed, rerun to redo it")
+            raise CorruptShard(
+                f"{self.uri}: shard {part}/part-{name}.parquet is missing or corrupt (sha256 differs from its index); it was removed, rerun to redo it"
+            )
         return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema, filters=filters)
 
     # Other files ---------------------------------------------------------------------------------
@@ -451,7 +520,9 @@ class Version:
         """Write the manifest, last: from now on the version is complete and immutable."""
         shards = self.finished_shards(verify=False)  # this task wrote or verified each of them
         sizes = self.file_sizes() if self.storage.fs.exists(f"{self.path}/files") else {}
-        checksums = _TRANSFERS.map(lambda name: self._sha256(f"{self.path}/files/{name}"), sizes)  # what is stored, read back
+        checksums = _TRANSFERS.map(
+            lambda name: self._sha256(f"{self.path}/files/{name}"), sizes
+        )  # what is stored, read back
         files = {name: {"bytes": size, "sha256": sha} for (name, size), sha in zip(sizes.items(), checksums)}
         file_versions = {name: self.storage.object_version(f"{self.path}/files/{name}") for name in files}
         manifest = {
@@ -462,9 +533,15 @@ class Version:
             "files": files,
             **({"file_version_ids": file_versions} if any(file_versions.values()) else {}),
             # What the data is, not only what asked for it: a later unit records the digests it read.
-            "digest": stable_hash([{n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()}, {n: e["sha256"] for n, e in files.items()}]),
+            "digest": stable_hash(
+                [
+                    {n: {p: e[p]["sha256"] for p in PARTS if e[p]} for n, e in shards.items()},
+                    {n: e["sha256"] for n, e in files.items()},
+                ]
+            ),
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        self.storage.put(f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        self.storage.put(
+            f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        )
         return manifest
-

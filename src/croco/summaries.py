@@ -40,13 +40,22 @@ def publish_summary(unit: Unit, manifest: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     skipped = manifest.get("skipped") or {}
-    lines = [f"### {unit.id}", "", f"- version: `{manifest['uri']}`", f"- records: {manifest['records_out']} out of {manifest['records_in']} in"]
+    lines = [
+        f"### {unit.id}",
+        "",
+        f"- version: `{manifest['uri']}`",
+        f"- records: {manifest['records_out']} out of {manifest['records_in']} in",
+    ]
     lines += [f"- skipped, {reason}: {count}" for reason, count in sorted(skipped.items())]
     lines += [f"- **warning**: {warning}" for warning in manifest.get("warnings", [])]
     for extra in ("products", "finish_reasons", "reward_stats", "throughput"):
         if manifest.get(extra):
             lines.append(f"- {extra.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[extra].items()))
-    create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("croco", unit.stage, unit.language, unit.model or ""), description=f"croco {unit.id}")
+    create_markdown_artifact(
+        "\n".join(lines) + "\n",
+        key=artifact_key("croco", unit.stage, unit.language, unit.model or ""),
+        description=f"croco {unit.id}",
+    )
 
 
 def publish_markdown(markdown: str, key: str, description: str) -> None:

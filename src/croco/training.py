@@ -62,7 +62,9 @@ def examples(pairs: Version, product: str) -> datasets.Dataset:
     return datasets.Dataset(datasets.table.InMemoryTable(table))
 
 
-def drop_long_prompts(dataset: datasets.Dataset, tokenizer, limit: int, prompt_of: Callable[[dict], list]) -> tuple[datasets.Dataset, int]:
+def drop_long_prompts(
+    dataset: datasets.Dataset, tokenizer, limit: int, prompt_of: Callable[[dict], list]
+) -> tuple[datasets.Dataset, int]:
     keep = [len(encode_chat(tokenizer, prompt_of(row), generation_prompt=True)) <= limit for row in dataset]
     kept = dataset.select([i for i, ok in enumerate(keep) if ok])
     return kept, len(dataset) - len(kept)
@@ -79,7 +81,11 @@ def hold_out(dataset: datasets.Dataset, fraction: float, seed: int) -> tuple[dat
 def load_base(cfg: CrocoConfig, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    extra = {"attn_implementation": "flash_attention_2"} if device.type == "cuda" and importlib.util.find_spec("flash_attn") else {}
+    extra = (
+        {"attn_implementation": "flash_attention_2"}
+        if device.type == "cuda" and importlib.util.find_spec("flash_attn")
+        else {}
+    )
     return load_model(base_model(cfg), AutoModelForCausalLM, device, **extra).train()
 
 
@@ -96,7 +102,9 @@ def lora(settings: TrainingConfig):
     )
 
 
-def arguments(settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool) -> dict[str, Any]:
+def arguments(
+    settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool
+) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig."""
     gpu = device.type == "cuda"
     return {
@@ -137,7 +145,9 @@ def fit(
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
     folder = out.work_folder()  # checkpoints and outputs before upload
-    (folder / "config.yaml").write_text(yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True)
+    )
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)
@@ -216,7 +226,9 @@ def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> d
         "steps": trainer.state.global_step,
         "resumed_from": last,
         "final_loss": losses[-1] if losses else None,
-        "eval": next(({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}),
+        "eval": next(
+            ({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}
+        ),
         "plots": drawn,
         "warnings": untrained_warnings(trainer),
     }

@@ -4,7 +4,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from croco.config import EngineConfig, ModelConfig
 from croco.engines import SamplingParams
-from croco.engines.transformers_engine import TransformersGenerator, TransformersScorer, _length_sorted_batches, sampling_arguments
+from croco.engines.transformers_engine import (
+    TransformersGenerator,
+    TransformersScorer,
+    _length_sorted_batches,
+    sampling_arguments,
+)
 from croco.models import encode_chat
 
 PROMPTS = [
@@ -45,7 +50,9 @@ def test_generate_returns_n_completions_per_prompt_in_order(generator):
 
 
 def test_a_seeded_prompt_samples_the_same_wherever_it_falls(tiny_models):
-    one_at_a_time = TransformersGenerator(EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=tiny_models["policy"]))
+    one_at_a_time = TransformersGenerator(
+        EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=tiny_models["policy"])
+    )
     together = one_at_a_time.generate(PROMPTS, params(n=2, tokens=8), seeds=[11, 22, 33])
     # The longest prompt is sampled last among three, then alone (as in another shard, or a resumed run).
     assert one_at_a_time.generate(PROMPTS[1:2], params(n=2, tokens=8), seeds=[22]) == together[1:2]
@@ -81,13 +88,18 @@ def test_chat_is_tokenized_once_without_a_second_bos(tiny_models):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["reward"])
     tokenizer.add_special_tokens({"bos_token": "<s>"})
     bos = tokenizer.bos_token_id
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
     assert tokenizer("Hi")["input_ids"][0] == bos
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     ids = encode_chat(tokenizer, conversation, generation_prompt=False)
     assert ids[0] == bos and ids.count(bos) == 1
-    assert ids == tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert (
+        ids
+        == tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_scores_are_the_raw_logit_of_the_classifier(scorer, tiny_models):
@@ -111,7 +123,9 @@ def test_a_bfloat16_reward_model_scores_with_a_float32_head(tiny_models, tmp_pat
         model.score.weight.mul_(1000)  # rewards in the hundreds, where bfloat16 steps are 1 or 2
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_models["reward"]).save_pretrained(tmp_path)
-    bf16_scorer = TransformersScorer(EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=str(tmp_path), dtype="bfloat16"))
+    bf16_scorer = TransformersScorer(
+        EngineConfig(batch_size=1, device="cpu"), ModelConfig(path=str(tmp_path), dtype="bfloat16")
+    )
     conversations = [[*p, {"role": "assistant", "content": f"answer {i}"}] for i, p in enumerate(PROMPTS)]
     rewards = [s.reward for s in bf16_scorer.score(conversations, max_len=4096)]
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, background, free_port, make_config, prompt_record, save_config, version, write_jsonl
 from croco import runs
 from croco.storage import Storage
-
-from conftest import REPO, background, free_port, make_config, prompt_record, save_config, version, write_jsonl
 
 BIN = Path(sys.executable).parent
 
@@ -23,10 +22,20 @@ BIN = Path(sys.executable).parent
 def prefect_api(tmp_path):
     """`infra/prefect-server.sh` on a free port with its own PREFECT_HOME; yields the environment that points at it."""
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / "prefect-home"), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "HF_HUB_OFFLINE": "1",
+    }
     for inherited in ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
         env.pop(inherited, None)  # a user's shell has none of them (importing croco set the last two here)
-    with background(["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)], f"http://127.0.0.1:{port}/api/health", tmp_path / "server.log", env=env):
+    with background(
+        ["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)],
+        f"http://127.0.0.1:{port}/api/health",
+        tmp_path / "server.log",
+        env=env,
+    ):
         yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
 
 
@@ -81,40 +90,70 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
 
     prefect(prefect_api, "work-pool", "create", "croco", "--type", "process")
     prefect(prefect_api, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    with background([str(BIN / "prefect"), "worker", "start", "--pool", "croco"], None, tmp_path / "worker.log", env=prefect_api, cwd=REPO):
+    with background(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "croco"],
+        None,
+        tmp_path / "worker.log",
+        env=prefect_api,
+        cwd=REPO,
+    ):
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
-            run_deployment("croco-pipeline/croco-pipeline", parameters={"config": str(config)}, timeout=0)  # what the UI's Run button does
+            run_deployment(
+                "croco-pipeline/croco-pipeline", parameters={"config": str(config)}, timeout=0
+            )  # what the UI's Run button does
         [pipeline_run] = wait_for_completed(prefect_api, "croco-pipeline/croco-pipeline", 1)
         assert version(cfg, "score/da").committed()
         keys = {a.key for a in artifacts(prefect_api, pipeline_run.id)}
         assert {"croco-plan-deployed", "croco-report-deployed", "croco-generate-en", "croco-score-da"} <= keys
         lines = [entry.message for entry in logs(prefect_api, pipeline_run.id)]
-        assert any(line.startswith("generate/en: ") for line in lines), lines[:20]  # croco's stage logs are the run's logs
-        languages_deployment = ask(prefect_api, lambda client: client.read_deployment_by_name("croco-languages/croco-languages"))
+        assert any(line.startswith("generate/en: ") for line in lines), lines[
+            :20
+        ]  # croco's stage logs are the run's logs
+        languages_deployment = ask(
+            prefect_api, lambda client: client.read_deployment_by_name("croco-languages/croco-languages")
+        )
         assert [s.schedule.cron for s in languages_deployment.schedules] == ["0 3 * * *"]
 
         with_ga = make_config(tmp_path / "store", tiny_models, sources, languages=["en", "da", "ga"], **sections)
         save_config(with_ga, config)
-        notify = subprocess.run([str(BIN / "croco"), "plan", str(config), "--notify"], env=prefect_api, capture_output=True, text=True, timeout=300)
-        assert notify.returncode == 0 and "new languages since the last run of deployed: ga" in notify.stdout, notify.stderr
+        notify = subprocess.run(
+            [str(BIN / "croco"), "plan", str(config), "--notify"],
+            env=prefect_api,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert notify.returncode == 0 and "new languages since the last run of deployed: ga" in notify.stdout, (
+            notify.stderr
+        )
         [languages_run] = wait_for_completed(prefect_api, "croco-languages/croco-languages", 1)
         assert languages_run.parameters["config"] == str(config)
     [newest, *_] = runs.records(Storage(cfg.storage.root))
     assert newest["languages"] == ["en", "da", "ga"] and newest["status"] == "completed"
     assert version(with_ga, "generate/ga").committed()
-    assert version(with_ga, "generate/en").manifest()["committed_at"] == version(cfg, "generate/en").manifest()["committed_at"]
+    assert (
+        version(with_ga, "generate/en").manifest()["committed_at"]
+        == version(cfg, "generate/en").manifest()["committed_at"]
+    )
 
 
 def artifacts(env, flow_run_id) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    return ask(env, lambda client: client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
+    return ask(
+        env,
+        lambda client: client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        ),
+    )
 
 
 def logs(env, flow_run_id) -> list:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    return ask(env, lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
+    return ask(
+        env, lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    )

@@ -5,26 +5,36 @@ import signal
 import time
 
 import pytest
+from test_resume import Run
 
+from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
 from croco import runs
 from croco.cli import main
 from croco.storage import Storage
-
-from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
-from test_resume import Run
 
 
 @pytest.fixture
 def config_of(tmp_path, tiny_models, monkeypatch):
     """Configs of one name and root that differ in max_new_tokens: 60 is slow enough to catch a run mid-way."""
     monkeypatch.setenv("CROCO_HEARTBEAT_S", "1")  # for the runs started here and in subprocesses: a lease of 3 s
-    prompts = write_jsonl(tmp_path / "p.jsonl", [prompt_record(f"p{i:02d}", lang, f"Prompt number {i}") for lang in ("en", "da") for i in range(20)])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [prompt_record(f"p{i:02d}", lang, f"Prompt number {i}") for lang in ("en", "da") for i in range(20)],
+    )
 
     def make(max_new_tokens):
         cfg = make_config(
-            tmp_path / "store", tiny_models, [{"path": str(prompts)}],
-            generate={"num_samples": 3, "max_new_tokens": max_new_tokens, "prompts_per_shard": 1, "engine": {"batch_size": 3}},
-            sft={"enabled": False}, dpo={"enabled": False},
+            tmp_path / "store",
+            tiny_models,
+            [{"path": str(prompts)}],
+            generate={
+                "num_samples": 3,
+                "max_new_tokens": max_new_tokens,
+                "prompts_per_shard": 1,
+                "engine": {"batch_size": 3},
+            },
+            sft={"enabled": False},
+            dpo={"enabled": False},
         )
         return cfg, save_config(cfg, tmp_path / f"tokens-{max_new_tokens}.yaml")
 
@@ -49,17 +59,23 @@ def test_gc_keeps_every_version_of_a_run_still_going_and_the_run_completes(confi
     assert going.process.poll() is None, "the slow run finished before gc: make it slower"
     going.finish()
     storage = Storage(slow.storage.root)
-    [record] = [r for r in runs.records(storage) if r["versions"]["generate/en"] == version(slow, "generate/en").relative]
+    [record] = [
+        r for r in runs.records(storage) if r["versions"]["generate/en"] == version(slow, "generate/en").relative
+    ]
     assert record["status"] == "completed"
     assert [unit for unit, path in record["versions"].items() if not storage.version_at(path).committed()] == []
 
 
-def test_a_killed_run_is_dead_after_its_lease_and_gc_keeps_the_last_completed_run(config_of, prefect_server, tmp_path, capsys):
+def test_a_killed_run_is_dead_after_its_lease_and_gc_keeps_the_last_completed_run(
+    config_of, prefect_server, tmp_path, capsys
+):
     done, done_path = config_of(2)
     run(done)
     killed_cfg, killed_path = config_of(60)  # a newer run with other settings, killed mid-way: its record says running
     killed = Run(["-m", "croco.cli", "run", str(killed_path)], prefect_server, tmp_path)
-    wait_for(lambda: version(killed_cfg, "generate/en").finished_shards(verify=False), killed, "a shard of the killed run")
+    wait_for(
+        lambda: version(killed_cfg, "generate/en").finished_shards(verify=False), killed, "a shard of the killed run"
+    )
     killed.process.send_signal(signal.SIGKILL)
     killed.process.wait()
     storage = Storage(done.storage.root)

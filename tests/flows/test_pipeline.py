@@ -6,12 +6,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import make_config, prompt_record, read, run, version, write_jsonl
 from croco import runs
 from croco.plan import build_plan, describe
 from croco.records import SAMPLE
 from croco.storage import Storage, storage_of
-
-from conftest import make_config, prompt_record, read, run, version, write_jsonl
 
 NO_TRAINING = {"sft": {"enabled": False}, "dpo": {"enabled": False}}
 
@@ -29,22 +28,45 @@ def ran(result) -> set[str]:
 def test_a_rerun_of_a_finished_config_is_all_cache_hits(tmp_path, tiny_models, prompts_file):
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}])
     first = run(cfg)
-    assert ran(first) == set(first["cached"]) == {"prompts/en", "prompts/da", "generate/en", "generate/da", "score/en", "score/da", "pair/all", "sft/all", "dpo/all"}
+    assert (
+        ran(first)
+        == set(first["cached"])
+        == {
+            "prompts/en",
+            "prompts/da",
+            "generate/en",
+            "generate/da",
+            "score/en",
+            "score/da",
+            "pair/all",
+            "sft/all",
+            "dpo/all",
+        }
+    )
     second = run(cfg)
     assert ran(second) == set() and second["versions"] == first["versions"]
     records = runs.records(Storage(cfg.storage.root))
-    assert [r["status"] for r in records] == ["completed", "completed"] and records[0]["versions"]["generate/en"] == version(cfg, "generate/en").relative
+    assert [r["status"] for r in records] == ["completed", "completed"] and records[0]["versions"][
+        "generate/en"
+    ] == version(cfg, "generate/en").relative
 
 
 def test_a_new_language_costs_only_its_own_work(tmp_path, tiny_models, three_languages):
     two = make_config(tmp_path / "store", tiny_models, three_languages, languages=["en", "da"], **NO_TRAINING)
     run(two)
-    before = {unit: version(two, unit).manifest()["committed_at"] for unit in ("generate/en", "generate/da", "score/en", "score/da")}
+    before = {
+        unit: version(two, unit).manifest()["committed_at"]
+        for unit in ("generate/en", "generate/da", "score/en", "score/da")
+    }
     three = make_config(tmp_path / "store", tiny_models, three_languages, languages=["en", "da", "ga"], **NO_TRAINING)
     result = run(three)
     assert ran(result) == {"prompts/ga", "generate/ga", "score/ga", "pair/all"}
-    assert {unit: version(three, unit).manifest()["committed_at"] for unit in before} == before  # en and da keep their versions
-    assert version(three, "generate/ga").manifest()["samples_generated_now"] == 3 * 2  # ga's prompts x num_samples, nothing else
+    assert {
+        unit: version(three, unit).manifest()["committed_at"] for unit in before
+    } == before  # en and da keep their versions
+    assert (
+        version(three, "generate/ga").manifest()["samples_generated_now"] == 3 * 2
+    )  # ga's prompts x num_samples, nothing else
     assert sorted(set(read(three, "generate", SAMPLE, ["language"])["language"].to_pylist())) == ["da", "en", "ga"]
 
 
@@ -70,7 +92,9 @@ def test_a_truncated_shard_is_redone_and_reported(tmp_path, tiny_models, prompts
     caplog.set_level("WARNING", logger="croco")
     result = run(cfg)
     assert ran(result) == {"generate/en"}
-    assert "data/part-00001.parquet has 64 bytes" in caplog.text and "shard 00001 does not match its index" in caplog.text
+    assert (
+        "data/part-00001.parquet has 64 bytes" in caplog.text and "shard 00001 does not match its index" in caplog.text
+    )
     assert broken.read(SAMPLE).equals(before) and broken.manifest()["shards_resumed"] == 1
 
 
@@ -88,14 +112,26 @@ def test_units_made_from_data_that_was_recomputed_differently_are_redone(tmp_pat
     redone = version(cfg, "generate/en")
     manifest = redone.manifest()
     shard = redone.read_shard("00000", SAMPLE)
-    redone.write_shard("00000", shard.set_column(shard.schema.get_field_index("response"), "response", pa.array(["other"] * shard.num_rows)), SAMPLE)
-    redone.commit({k: v for k, v in manifest.items() if k not in ("shards", "files", "digest", "version", "uri", "committed_at")})
+    redone.write_shard(
+        "00000",
+        shard.set_column(shard.schema.get_field_index("response"), "response", pa.array(["other"] * shard.num_rows)),
+        SAMPLE,
+    )
+    redone.commit(
+        {k: v for k, v in manifest.items() if k not in ("shards", "files", "digest", "version", "uri", "committed_at")}
+    )
     caplog.set_level("WARNING", logger="croco")
     assert ran(run(cfg)) == {"score/en", "pair/all"}
-    assert "score/en/" in caplog.text and "its input generate/en/" in caplog.text and "recomputed with other data" in caplog.text
+    assert (
+        "score/en/" in caplog.text
+        and "its input generate/en/" in caplog.text
+        and "recomputed with other data" in caplog.text
+    )
 
 
-def test_a_flipped_byte_in_a_shard_or_an_adapter_is_caught_by_plan_and_its_unit_redone(tmp_path, tiny_models, prompts_file):
+def test_a_flipped_byte_in_a_shard_or_an_adapter_is_caught_by_plan_and_its_unit_redone(
+    tmp_path, tiny_models, prompts_file
+):
     """Nothing reads a pair shard or an adapter again once its unit is cached: only the checksum check sees them change."""
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], sft={"enabled": False})
     run(cfg)
@@ -112,7 +148,13 @@ def test_a_flipped_byte_in_a_shard_or_an_adapter_is_caught_by_plan_and_its_unit_
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
     states = {row["unit"]: row["state"] for row in describe(build_plan(cfg), storage_of(cfg))}
-    assert {unit: states[unit] for unit in flipped} == {unit: f"redo ({name} has other bytes than its manifest says (sha256 differs))" for unit, name in flipped.items()}
-    assert ran(run(cfg)) == set(flipped)  # seeded: generate and pair hold the same data again, so score and dpo's input stand
-    assert {unit: version(cfg, unit).manifest()["digest"] for unit in ("generate/en", "pair/all")} == {u: intact[u] for u in ("generate/en", "pair/all")}
+    assert {unit: states[unit] for unit in flipped} == {
+        unit: f"redo ({name} has other bytes than its manifest says (sha256 differs))" for unit, name in flipped.items()
+    }
+    assert ran(run(cfg)) == set(
+        flipped
+    )  # seeded: generate and pair hold the same data again, so score and dpo's input stand
+    assert {unit: version(cfg, unit).manifest()["digest"] for unit in ("generate/en", "pair/all")} == {
+        u: intact[u] for u in ("generate/en", "pair/all")
+    }
     assert all(version(cfg, unit).problems() == [] for unit in flipped)

@@ -9,22 +9,27 @@ import time
 
 import pytest
 
-from croco.records import SAMPLE, SCORE
-
 from conftest import make_config, prompt_record, read, save_config, version, write_jsonl
+from croco.records import SAMPLE, SCORE
 
 RUN_AND_PRINT = "import json, sys; from croco.flows.pipeline import pipeline; print(json.dumps(pipeline(config=sys.argv[1])['cached']))"
 
 
 @pytest.fixture
 def config_of(tmp_path, tiny_models):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [prompt_record(f"p{i:02d}", lang, f"Prompt number {i}") for lang in ("en", "da") for i in range(20)])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [prompt_record(f"p{i:02d}", lang, f"Prompt number {i}") for lang in ("en", "da") for i in range(20)],
+    )
 
     def make(name):
         cfg = make_config(
-            tmp_path / name, tiny_models, [{"path": str(prompts)}],
+            tmp_path / name,
+            tiny_models,
+            [{"path": str(prompts)}],
             generate={"num_samples": 3, "max_new_tokens": 60, "prompts_per_shard": 1, "engine": {"batch_size": 3}},
-            sft={"enabled": False}, dpo={"enabled": False},
+            sft={"enabled": False},
+            dpo={"enabled": False},
         )
         return cfg, save_config(cfg, tmp_path / f"{name}.yaml")
 
@@ -38,7 +43,9 @@ class Run:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_API_URL": prefect_server}
         self.out, self.err = (open(folder / f"{id(self)}.{part}", "w+") for part in ("out", "err"))
         self.started = time.time()
-        self.process = subprocess.Popen([sys.executable, *script_args], stdout=self.out, stderr=self.err, env=env, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, *script_args], stdout=self.out, stderr=self.err, env=env, text=True
+        )
 
     def finish(self, timeout=600) -> str:
         code = self.process.wait(timeout=timeout)  # a lock left by a killed run must not block a rerun
@@ -74,7 +81,10 @@ def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(config_
     Run(["-m", "croco.cli", "run", str(full_path)], prefect_server, tmp_path).finish()
 
     for stage, schema, columns in (("generate", SAMPLE, ["response", "finish_reason"]), ("score", SCORE, ["reward"])):
-        resumed, uninterrupted = sorted_rows(killed_cfg, stage, schema, columns), sorted_rows(full_cfg, stage, schema, columns)
+        resumed, uninterrupted = (
+            sorted_rows(killed_cfg, stage, schema, columns),
+            sorted_rows(full_cfg, stage, schema, columns),
+        )
         assert resumed.num_rows == 40 * 3  # nothing lost, nothing twice
         assert resumed.equals(uninterrupted), stage
     assert not list((killed_path.parent / "killed").rglob("*.tmp"))
@@ -91,4 +101,6 @@ def test_two_runs_of_one_config_at_once_compute_every_unit_once(config_of, prefe
         assert computed == 1, f"{unit} was computed {computed} times"
     alone_cfg, alone_path = config_of("alone")
     Run(["-c", RUN_AND_PRINT, str(alone_path)], prefect_server, tmp_path).finish()
-    assert sorted_rows(cfg, "generate", SAMPLE, ["response"]).equals(sorted_rows(alone_cfg, "generate", SAMPLE, ["response"]))
+    assert sorted_rows(cfg, "generate", SAMPLE, ["response"]).equals(
+        sorted_rows(alone_cfg, "generate", SAMPLE, ["response"])
+    )

@@ -3,28 +3,40 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_config, read, run, scripted_choice, scripted_openai_server, version, write_jsonl
 from croco.errors import CrocoError
 from croco.plan import build_plan
 from croco.records import ARENA_ANSWER
 from croco.tasks.arena import ANSWERS_FILE, load_questions, split_reasoning
 
-from conftest import make_config, read, run, scripted_choice, scripted_openai_server, version, write_jsonl
-
 
 def arena_question(qid: str, language: str, subcategory: str = "coding") -> dict:
-    return {"question_id": qid, "prompt": f"Question {qid} in {language}?", "category": "hard_prompt", "subcategory": subcategory, "language": language}
+    return {
+        "question_id": qid,
+        "prompt": f"Question {qid} in {language}?",
+        "category": "hard_prompt",
+        "subcategory": subcategory,
+        "language": language,
+    }
 
 
 @pytest.fixture
 def arena_file(tmp_path):
-    rows = [arena_question(f"q{i}", lang, "coding" if i % 2 else "math") for lang in ("en", "da", "fr") for i in range(4)]
+    rows = [
+        arena_question(f"q{i}", lang, "coding" if i % 2 else "math") for lang in ("en", "da", "fr") for i in range(4)
+    ]
     return write_jsonl(tmp_path / "arena.jsonl", rows)
 
 
 def arena_config(tmp_path, tiny_models, prompts_file, arena_file, **sections):
     evaluate = {"run_adapters": [], "models": {"other": {"path": tiny_models["policy"], "dtype": "bfloat16"}}}
     sections = {"evaluate": evaluate, "judge": {"enabled": False}, **sections}  # answers only: no judge to name
-    arena = {"prompts": {"path": str(arena_file)}, "max_new_tokens": 5, "engine": {"batch_size": 4}, **sections.pop("arena", {})}
+    arena = {
+        "prompts": {"path": str(arena_file)},
+        "max_new_tokens": 5,
+        "engine": {"batch_size": 4},
+        **sections.pop("arena", {}),
+    }
     return make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], arena=arena, **sections)
 
 
@@ -59,20 +71,36 @@ def by_model_and_language(answers: list[dict]) -> dict[tuple[str, str], int]:
     return found
 
 
-def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(tmp_path, tiny_models, prompts_file, arena_file):
+def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(
+    tmp_path, tiny_models, prompts_file, arena_file
+):
     cfg = arena_config(tmp_path, tiny_models, prompts_file, arena_file)
     result = run(cfg, stages=["arena"])
     assert set(result["versions"]) == ARENA_UNITS  # one unit per model and language; fr is not a run language
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
-    assert by_model_and_language(answers) == {("policy", "en"): 4, ("policy", "da"): 4, ("other", "en"): 4, ("other", "da"): 4}
+    assert by_model_and_language(answers) == {
+        ("policy", "en"): 4,
+        ("policy", "da"): 4,
+        ("other", "en"): 4,
+        ("other", "da"): 4,
+    }
     assert all(a["finish_reason"] in {"stop", "length"} for a in answers)
     # The original code's answer format, in the unit's files.
-    original = [json.loads(line) for line in (Path(version(cfg, "arena/da/other").path) / "files" / ANSWERS_FILE).read_text().splitlines()]
+    original = [
+        json.loads(line)
+        for line in (Path(version(cfg, "arena/da/other").path) / "files" / ANSWERS_FILE).read_text().splitlines()
+    ]
     assert len(original) == 4 and {a["question_id"] for a in original} == {f"q{i}" for i in range(4)}
     policy_versions = {unit: result["versions"][unit] for unit in ("arena/en/policy", "arena/da/policy")}
 
     # Another "other" model: only its units are redone, the policy's answers stay as they are.
-    changed = arena_config(tmp_path, tiny_models, prompts_file, arena_file, evaluate={"run_adapters": [], "models": {"other": {"path": tiny_models["policy"]}}})
+    changed = arena_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        arena_file,
+        evaluate={"run_adapters": [], "models": {"other": {"path": tiny_models["policy"]}}},
+    )
     again = run(changed, stages=["arena"])
     assert {unit: again["versions"][unit] for unit in policy_versions} == policy_versions
     # "other", now configured exactly like the policy, is still a unit of its own: its records carry its name.
@@ -80,21 +108,48 @@ def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(tmp_p
         assert again["versions"][f"arena/{language}/other"] != again["versions"][f"arena/{language}/policy"], (
             f"arena/{language}/other shares the policy's version {again['versions'][f'arena/{language}/policy']}"
         )
-    assert again["cached"] == {"arena/en/policy": True, "arena/da/policy": True, "arena/en/other": False, "arena/da/other": False}
+    assert again["cached"] == {
+        "arena/en/policy": True,
+        "arena/da/policy": True,
+        "arena/en/other": False,
+        "arena/da/other": False,
+    }
     answers = read(changed, "arena", ARENA_ANSWER).to_pylist()
-    assert by_model_and_language(answers) == {("policy", "en"): 4, ("policy", "da"): 4, ("other", "en"): 4, ("other", "da"): 4}
+    assert by_model_and_language(answers) == {
+        ("policy", "en"): 4,
+        ("policy", "da"): 4,
+        ("other", "en"): 4,
+        ("other", "da"): 4,
+    }
 
 
 def test_on_a_server_each_model_is_asked_for_by_its_own_served_name(tmp_path, tiny_models, prompts_file, arena_file):
     def reply(request):
-        return {"choices": [scripted_choice(0, f"answer of {request['model']}")], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+        return {
+            "choices": [scripted_choice(0, f"answer of {request['model']}")],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
 
-    evaluate = {"run_adapters": [], "models": {"other": {"path": tiny_models["policy"]}}, "served_models": {"policy": "base", "other": "base-tuned"}}
+    evaluate = {
+        "run_adapters": [],
+        "models": {"other": {"path": tiny_models["policy"]}},
+        "served_models": {"policy": "base", "other": "base-tuned"},
+    }
     with scripted_openai_server(reply) as (url, _):
-        cfg = arena_config(tmp_path, tiny_models, prompts_file, arena_file, arena={"engine": {"name": "openai", "base_url": url}}, evaluate=evaluate)
+        cfg = arena_config(
+            tmp_path,
+            tiny_models,
+            prompts_file,
+            arena_file,
+            arena={"engine": {"name": "openai", "base_url": url}},
+            evaluate=evaluate,
+        )
         run(cfg, stages=["arena"])
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
-    assert {(a["model"], a["output"]) for a in answers} == {("policy", "answer of base"), ("other", "answer of base-tuned")}
+    assert {(a["model"], a["output"]) for a in answers} == {
+        ("policy", "answer of base"),
+        ("other", "answer of base-tuned"),
+    }
 
 
 def test_a_named_dataset_configuration_gives_only_its_own_language_questions(tmp_path, tiny_models, prompts_file):
@@ -104,13 +159,31 @@ def test_a_named_dataset_configuration_gives_only_its_own_language_questions(tmp
     (folder / "data").mkdir(parents=True)
     for language in ("en", "da"):
         write_jsonl(folder / "data" / f"{language}.jsonl", [arena_question(f"q{i}", language) for i in range(2)])
-    configs = "".join(f"- config_name: {code}\n  data_files:\n  - split: test\n    path: data/{code}.jsonl\n" for code in ("en", "da"))
+    configs = "".join(
+        f"- config_name: {code}\n  data_files:\n  - split: test\n    path: data/{code}.jsonl\n" for code in ("en", "da")
+    )
     (folder / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
     questions_only = {"judge": {"enabled": False}}
-    per_language = arena_config(tmp_path, tiny_models, prompts_file, folder, arena={"prompts": {"path": str(folder), "split": "test"}}, **questions_only)
-    assert {(q["language"], q["prompt"]) for q in load_questions(per_language)} == {(lang, f"Question q{i} in {lang}?") for lang in ("en", "da") for i in range(2)}
+    per_language = arena_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        folder,
+        arena={"prompts": {"path": str(folder), "split": "test"}},
+        **questions_only,
+    )
+    assert {(q["language"], q["prompt"]) for q in load_questions(per_language)} == {
+        (lang, f"Question q{i} in {lang}?") for lang in ("en", "da") for i in range(2)
+    }
 
-    named = arena_config(tmp_path, tiny_models, prompts_file, folder, arena={"prompts": {"path": str(folder), "split": "test", "name": "da"}}, **questions_only)
+    named = arena_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        folder,
+        arena={"prompts": {"path": str(folder), "split": "test", "name": "da"}},
+        **questions_only,
+    )
     assert {q["language"] for q in load_questions(named)} == {"da"}
     plan = build_plan(named, ["arena"])
     assert {u.language for u in plan.units} == {"da"}

@@ -3,13 +3,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_config, prompt_record, read, run, version, write_jsonl
 from croco.errors import CrocoError
 from croco.plan import build_plan
 from croco.records import SAMPLE, SKIPPED
 from croco.tasks import generate as generate_stage
 from croco.tasks.generate import prompt_to_send, prompt_token_limit, shard_seed
-
-from conftest import make_config, prompt_record, read, run, version, write_jsonl
 
 
 def test_language_instruction_is_appended_only_when_asked():
@@ -24,7 +23,9 @@ def test_each_shard_has_its_own_seed():
 
 
 def test_one_record_per_sample_with_original_and_sent_prompt(tmp_path, tiny_models, prompts_file):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], generate={"respond_in_language": True})
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], generate={"respond_in_language": True}
+    )
     result = run(cfg, stages=["generate"])
     assert set(result["versions"]) == {"prompts/en", "prompts/da", "generate/en", "generate/da"}
     assert not any(result["cached"].values())  # a fresh storage root: every unit ran
@@ -42,28 +43,46 @@ LONG = " ".join(["word"] * 1100)  # about 1,100 tokens: more than the tiny polic
 
 
 def test_a_prompt_longer_than_the_policy_context_is_skipped_and_counted_before_generation(tmp_path, tiny_models):
-    rows = [prompt_record("long1", "en", LONG), prompt_record("long2", "en", "Hi " + LONG), prompt_record("short", "en")]
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(write_jsonl(tmp_path / "p.jsonl", rows))}], languages=["en"])
+    rows = [
+        prompt_record("long1", "en", LONG),
+        prompt_record("long2", "en", "Hi " + LONG),
+        prompt_record("short", "en"),
+    ]
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(write_jsonl(tmp_path / "p.jsonl", rows))}], languages=["en"]
+    )
     assert prompt_token_limit(cfg) == 1024 - 6  # the context less max_new_tokens
     result = run(cfg, stages=["score"])  # the first shard holds only the long prompts: score reads it empty
     assert {s["prompt_id"] for s in read(cfg, "generate", SAMPLE).to_pylist()} == {"short"}
     skipped = read(cfg, "generate", SKIPPED, skipped=True).to_pylist()
-    assert [(s["prompt_id"], s["reason"]) for s in skipped] == [("long1", "prompt_too_long"), ("long2", "prompt_too_long")]
+    assert [(s["prompt_id"], s["reason"]) for s in skipped] == [
+        ("long1", "prompt_too_long"),
+        ("long2", "prompt_too_long"),
+    ]
     assert re.fullmatch(r"1\d{3} tokens; at most 1018 fit", skipped[0]["detail"])
     manifest = version(cfg, "generate/en").manifest()
-    assert manifest["skipped"] == {"prompt_too_long": 2} and manifest["records_in"] == 3 and manifest["records_out"] == 2
+    assert (
+        manifest["skipped"] == {"prompt_too_long": 2} and manifest["records_in"] == 3 and manifest["records_out"] == 2
+    )
     assert "generate/en: 2 records out of 3 in, 2 skipped (prompt_too_long: 2)" in Path(result["report"]).read_text()
     assert version(cfg, "score/en").manifest()["records_out"] == 2
 
 
 def test_the_prompt_limit_is_in_the_key_and_a_setting_overrides_the_context(tmp_path, tiny_models, prompts_file):
     def key(**generate):
-        return build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate=generate)).by_id["generate/en"].key
+        return (
+            build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate=generate))
+            .by_id["generate/en"]
+            .key
+        )
 
     assert len({key(), key(max_prompt_tokens=100), key(max_prompt_tokens=2000)}) == 3
     roomy = make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"max_prompt_tokens": 2000})
     assert prompt_token_limit(roomy) == 2000
-    with pytest.raises(CrocoError, match=r"generate.max_new_tokens \(1024\) leaves no room for a prompt in the 1024-token context of models.policy"):
+    with pytest.raises(
+        CrocoError,
+        match=r"generate.max_new_tokens \(1024\) leaves no room for a prompt in the 1024-token context of models.policy",
+    ):
         build_plan(make_config(tmp_path, tiny_models, [{"path": str(prompts_file)}], generate={"max_new_tokens": 1024}))
 
 

@@ -3,13 +3,12 @@ from pathlib import Path
 import datasets
 import pytest
 
+from conftest import make_config
 from croco.errors import CrocoError
 from croco.plan import Unit
 from croco.records import SAMPLE, SCORE
 from croco.storage import ALL_LANGUAGES, Storage
 from croco.tasks.pair import pair, product_schema
-
-from conftest import make_config
 
 # (prompt_id, language) -> rewards of samples 0, 1, 2, ...
 REWARDS = {
@@ -30,9 +29,18 @@ def write_run(storage: Storage, languages=("en", "da")) -> dict[str, str]:
                 continue
             for index, reward in enumerate(rewards):
                 key = {"prompt_id": prompt_id, "language": language, "sample_index": index}
-                samples.append({**key, "prompt": f"{prompt_id} in {language}?", "prompt_sent": f"{prompt_id} in {language}? (sent)",
-                                "response": f"answer {prompt_id}/{language}/{index}", "finish_reason": "stop", "prompt_tokens": 3,
-                                "completion_tokens": 3, "policy": "m"})
+                samples.append(
+                    {
+                        **key,
+                        "prompt": f"{prompt_id} in {language}?",
+                        "prompt_sent": f"{prompt_id} in {language}? (sent)",
+                        "response": f"answer {prompt_id}/{language}/{index}",
+                        "finish_reason": "stop",
+                        "prompt_tokens": 3,
+                        "completion_tokens": 3,
+                        "policy": "m",
+                    }
+                )
                 scores.append({**key, "reward": reward, "scored_tokens": 9, "reward_model": "r"})
         for stage, records, schema in (("generate", samples, SAMPLE), ("score", scores, SCORE)):
             version = storage.version(stage, language, f"test-{stage}-{language}")
@@ -54,11 +62,15 @@ def run_pair(tmp_path, **pair_settings):
     pair.fn(cfg, pair_unit(write_run(storage)))  # the task's body, without Prefect: writes and commits the version
     out = storage.version("pair", ALL_LANGUAGES, "test-pair")
     manifest = out.manifest()
-    assert manifest is not None and manifest["products"] == {name: out.read_shard(name, product_schema(name)).num_rows for name in out.shard_names()}
+    assert manifest is not None and manifest["products"] == {
+        name: out.read_shard(name, product_schema(name)).num_rows for name in out.shard_names()
+    }
 
     def load(name):
         # Each product is its own shard, in TRL's conversational format, loadable with datasets.
-        return datasets.load_dataset("parquet", data_files=str(Path(out.path) / "data" / f"part-{name}.parquet"), split="train").to_list()
+        return datasets.load_dataset(
+            "parquet", data_files=str(Path(out.path) / "data" / f"part-{name}.parquet"), split="train"
+        ).to_list()
 
     return manifest, load
 
@@ -94,7 +106,12 @@ def test_all_language_products(tmp_path):
     dpo = {r["prompt_id"]: r for r in load("dpo_all_languages")}
     # p1 pool: [1, 5, 0, 3, 6, 2]: mean 2.83, std 2.19, target -1.55 -> en/2 (0.0)
     p1 = dpo["p1"]
-    assert (p1["chosen_language"], p1["chosen_sample_index"], p1["rejected_language"], p1["rejected_sample_index"]) == ("da", 0, "en", 2)
+    assert (p1["chosen_language"], p1["chosen_sample_index"], p1["rejected_language"], p1["rejected_sample_index"]) == (
+        "da",
+        0,
+        "en",
+        2,
+    )
     assert p1["language"] == "da" and p1["prompt"][0]["content"] == "p1 in da? (sent)"
     # p2 pool: [2, 2, 2, 4]: chosen da/0; target 2.5 - 2 * 0.87 = 0.77 -> en/0 (earliest of the tied 2.0s)
     assert (dpo["p2"]["rejected_language"], dpo["p2"]["rejected_sample_index"]) == ("en", 0)
@@ -129,7 +146,14 @@ def test_two_rewards_for_one_sample_stop_the_stage(tmp_path):
     cfg = make_config(tmp_path / "store", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
     storage = Storage(cfg.storage.root)
     inputs = write_run(storage)
-    duplicate = {"prompt_id": "p1", "language": "en", "sample_index": 0, "reward": 9.0, "scored_tokens": 9, "reward_model": "r"}
+    duplicate = {
+        "prompt_id": "p1",
+        "language": "en",
+        "sample_index": 0,
+        "reward": 9.0,
+        "scored_tokens": 9,
+        "reward_model": "r",
+    }
     add_scores(storage, inputs, [duplicate])
     with pytest.raises(CrocoError, match="two rewards for sample 0 of prompt 'p1' in en"):
         pair.fn(cfg, pair_unit(inputs))
@@ -140,7 +164,14 @@ def test_a_score_without_a_generated_answer_stops_the_stage(tmp_path):
     cfg = make_config(tmp_path / "store", {"policy": "x", "reward": "y"}, [{"path": "p.jsonl"}])
     storage = Storage(cfg.storage.root)
     inputs = write_run(storage)
-    orphan = {"prompt_id": "p9", "language": "en", "sample_index": 0, "reward": 1.0, "scored_tokens": 9, "reward_model": "r"}
+    orphan = {
+        "prompt_id": "p9",
+        "language": "en",
+        "sample_index": 0,
+        "reward": 1.0,
+        "scored_tokens": 9,
+        "reward_model": "r",
+    }
     add_scores(storage, inputs, [orphan, {**orphan, "sample_index": 1, "reward": 0.0}])
     with pytest.raises(CrocoError, match="sample 0 of prompt 'p9' in en has a score but no generated answer"):
         pair.fn(cfg, pair_unit(inputs))

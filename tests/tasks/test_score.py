@@ -1,8 +1,7 @@
 import math
 
-from croco.records import SCORE, SKIPPED
-
 from conftest import make_config, prompt_record, read, run, version, write_jsonl
+from croco.records import SCORE, SKIPPED
 
 
 def test_every_sample_is_scored_or_skipped_with_a_reason(tmp_path, tiny_models):

@@ -14,10 +14,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
 from croco.cli import main
 from croco.records import DPO
-
-from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
 
 
 @pytest.fixture
@@ -37,11 +36,16 @@ def test_sft_and_dpo_write_adapter_metrics_and_plots(tmp_path, tiny_models, prom
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts)}], sft=training, dpo=training)
     result = run(cfg)
     assert {"sft/all", "dpo/all"} <= set(result["versions"])
-    for stage, plots in (("sft", {"loss.png", "grad_norm.png", "mean_token_accuracy.png"}), ("dpo", {"loss.png", "rewards_accuracies.png", "rewards_margins.png"})):
+    for stage, plots in (
+        ("sft", {"loss.png", "grad_norm.png", "mean_token_accuracy.png"}),
+        ("dpo", {"loss.png", "rewards_accuracies.png", "rewards_margins.png"}),
+    ):
         out = version(cfg, f"{stage}/all")
         manifest, folder = out.manifest(), files(cfg, f"{stage}/all")
         assert manifest["skipped"] == {"prompt_too_long": 1}  # the long prompt, dropped before training and counted
-        assert manifest["held_out"] >= 1 and manifest["records_out"] + manifest["held_out"] + 1 == manifest["records_in"]
+        assert (
+            manifest["held_out"] >= 1 and manifest["records_out"] + manifest["held_out"] + 1 == manifest["records_in"]
+        )
         assert math.isfinite(manifest["final_loss"]) and manifest["settings"]["off_policy"] is False
         assert manifest["warnings"] == []  # the adapter moved
         assert set(manifest["plots"]) == plots and all((folder / p).stat().st_size > 1000 for p in plots)
@@ -50,7 +54,9 @@ def test_sft_and_dpo_write_adapter_metrics_and_plots(tmp_path, tiny_models, prom
         history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert all(math.isfinite(e["loss"]) for e in history if "loss" in e)
         # No checkpoints were uploaded, and the local work folder was dropped after the upload.
-        assert not (folder / "checkpoints").exists() and not any(p.name.startswith("checkpoint") for p in folder.rglob("*"))
+        assert not (folder / "checkpoints").exists() and not any(
+            p.name.startswith("checkpoint") for p in folder.rglob("*")
+        )
         work = out.work_folder()  # work_folder() creates the folder it names: it must come back empty
         assert not any(work.iterdir())
         work.rmdir()
@@ -76,8 +82,14 @@ def test_tuning_another_model_is_flagged_off_policy(tmp_path, tiny_models, promp
 def resumable_dpo(tmp_path, tiny_models, prompts):
     """A config that checkpoints DPO every 2 steps, one step per pair, no retries (a crash ends the run, as a killed
     process would); its pairs are computed."""
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts)}], sft={"enabled": False},
-                      dpo={"save_steps": 2, "eval_fraction": 0.0}, retries={"default": {"attempts": 0}})
+    cfg = make_config(
+        tmp_path / "store",
+        tiny_models,
+        [{"path": str(prompts)}],
+        sft={"enabled": False},
+        dpo={"save_steps": 2, "eval_fraction": 0.0},
+        retries={"default": {"attempts": 0}},
+    )
     run(cfg, stages=["pair"])
     return cfg
 
@@ -131,12 +143,18 @@ pipeline(config=sys.argv[1], stages=["dpo"])
 """
 
 
-def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_last_whole_one(tmp_path, tiny_models, prompts, prefect_server, caplog):
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_last_whole_one(
+    tmp_path, tiny_models, prompts, prefect_server, caplog
+):
     cfg = resumable_dpo(tmp_path, tiny_models, prompts)
     saving, log = tmp_path / "saving", tmp_path / "killed.log"
     with open(log, "w") as output:
-        killed = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_SAVING, str(save_config(cfg, tmp_path / "dpo.yaml")), str(saving)],
-                                  stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PREFECT_API_URL": prefect_server})
+        killed = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WHILE_SAVING, str(save_config(cfg, tmp_path / "dpo.yaml")), str(saving)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PREFECT_API_URL": prefect_server},
+        )
     deadline = time.monotonic() + 300
     while not saving.exists():
         assert killed.poll() is None, log.read_text()[-3000:]
@@ -163,7 +181,9 @@ def test_checkpoints_made_from_other_pairs_are_not_resumed(tmp_path, tiny_models
     pairs = version(cfg, "pair/all")
     before = pairs.manifest()
     table = pairs.read_shard("dpo_in_language", DPO)
-    swapped = table.rename_columns([{"chosen": "rejected", "rejected": "chosen"}.get(name, name) for name in table.column_names])
+    swapped = table.rename_columns(
+        [{"chosen": "rejected", "rejected": "chosen"}.get(name, name) for name in table.column_names]
+    )
     pairs.uncommit("a test recomputes it")
     pairs.write_shard("dpo_in_language", swapped.select(DPO.names), DPO)
     pairs.flush()
@@ -172,9 +192,15 @@ def test_checkpoints_made_from_other_pairs_are_not_resumed(tmp_path, tiny_models
     caplog.set_level("WARNING", logger="croco")
     result = run(cfg, stages=["dpo"])
     assert result["cached"]["pair/all"] is True
-    assert any(m.startswith(f"{out.relative}: the local work folder") and m.endswith("was made from other inputs; discarding it") for m in caplog.messages)
+    assert any(
+        m.startswith(f"{out.relative}: the local work folder")
+        and m.endswith("was made from other inputs; discarding it")
+        for m in caplog.messages
+    )
     manifest = out.manifest()
-    assert manifest["resumed_from"] is None and manifest["steps"] == manifest["records_out"]  # trained afresh on the new pairs
+    assert (
+        manifest["resumed_from"] is None and manifest["steps"] == manifest["records_out"]
+    )  # trained afresh on the new pairs
     assert manifest["lineage"]["pair/all"]["digest"] != before["digest"]
 
 
@@ -189,31 +215,49 @@ def test_training_that_left_the_adapter_at_its_initialisation_says_so(tmp_path, 
         "from learning rate 0; train more steps (more pairs or epochs, a smaller gradient_accumulation or warmup_ratio)"
     ]
     report = Path(result["report"]).read_text()
-    dpo_section = report[report.index("## DPO"):]
-    assert f"**Warning: {dpo['warnings'][0]}.**" in dpo_section and "Warning" not in report[report.index("## SFT"):report.index("## DPO")]
-    assert f"dpo/all: {dpo['records_out']} records" in report and f"; warning: {dpo['warnings'][0]}" in report  # the summary line
+    dpo_section = report[report.index("## DPO") :]
+    assert (
+        f"**Warning: {dpo['warnings'][0]}.**" in dpo_section
+        and "Warning" not in report[report.index("## SFT") : report.index("## DPO")]
+    )
+    assert (
+        f"dpo/all: {dpo['records_out']} records" in report and f"; warning: {dpo['warnings'][0]}" in report
+    )  # the summary line
 
 
 def test_merge_writes_a_full_model_that_loads_and_matches_the_adapter(tmp_path, tiny_models, prompts):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts)}], sft={"enabled": False}, dpo={"learning_rate": 1e-2})
+    cfg = make_config(
+        tmp_path / "store", tiny_models, [{"path": str(prompts)}], sft={"enabled": False}, dpo={"learning_rate": 1e-2}
+    )
     run(cfg)
     adapter = files(cfg, "dpo/all") / "adapter"
     assert main(["merge", str(adapter), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     assert tokenizer.chat_template and (tmp_path / "merged" / "generation_config.json").exists()
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["policy"]), adapter).eval()
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_models["policy"]), adapter
+    ).eval()
     ids = torch.tensor([tokenizer.encode("Hello there")])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
 
 
 def test_online_dpo_samples_while_training_and_asks_the_reward_model(tmp_path, tiny_models, prompts):
-    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts)}], sft={"enabled": False}, dpo={"online": True},
-                      generate={"max_new_tokens": 6})
+    cfg = make_config(
+        tmp_path / "store",
+        tiny_models,
+        [{"path": str(prompts)}],
+        sft={"enabled": False},
+        dpo={"online": True},
+        generate={"max_new_tokens": 6},
+    )
     run(cfg)
     manifest = version(cfg, "dpo/all").manifest()
-    assert manifest["settings"]["dpo"]["online"] is True and manifest["settings"]["reward"]["location"]["path"] == tiny_models["reward"]
+    assert (
+        manifest["settings"]["dpo"]["online"] is True
+        and manifest["settings"]["reward"]["location"]["path"] == tiny_models["reward"]
+    )
     assert manifest["steps"] >= 1 and math.isfinite(manifest["final_loss"])
     history = [json.loads(line) for line in (files(cfg, "dpo/all") / "metrics.jsonl").read_text().splitlines()]
     assert any("objective/scores" in entry for entry in history)  # rewards came from the reward model

@@ -46,7 +46,11 @@ class Score:
 
 class Generator(Protocol):
     def generate(
-        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None, seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[Messages],
+        params: SamplingParams,
+        progress: Progress | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """`params.num_samples` completions for each prompt, in prompt order; reproducible for a fixed seed. `seeds`,
         one per prompt, tie each prompt's samples to the prompt rather than to its place among `prompts`."""
@@ -81,7 +85,9 @@ def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
 
 def load_scorer(engine: EngineConfig, model: ModelConfig) -> RewardScorer:
     if engine.name != "transformers":
-        raise CrocoError(f"reward models run on the transformers engine only (got engine {engine.name!r} for {model.path})")
+        raise CrocoError(
+            f"reward models run on the transformers engine only (got engine {engine.name!r} for {model.path})"
+        )
     from croco.engines.transformers_engine import TransformersScorer
 
     return TransformersScorer(engine, model)

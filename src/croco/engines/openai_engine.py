@@ -31,33 +31,60 @@ class OpenAIGenerator:
             )
         key = api_key(engine.api_key_env, "engine.api_key_env")  # remembered, so it is masked wherever it turns up
         self.base_url = engine.base_url
-        self.client_settings = {"base_url": engine.base_url, "api_key": key or "none", "max_retries": engine.max_retries, "timeout": engine.timeout_s}
+        self.client_settings = {
+            "base_url": engine.base_url,
+            "api_key": key or "none",
+            "max_retries": engine.max_retries,
+            "timeout": engine.timeout_s,
+        }
         # An embedded model is served from its cache folder, so the server knows it by that path.
         self.model = engine.served_model or (resolve_model(model.path) if is_embedded(model.path) else model.path)
         self.concurrency = engine.concurrency
         self.extra_body = {"chat_template_kwargs": model.chat_template_kwargs} if model.chat_template_kwargs else None
 
     def generate(
-        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None, seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[Messages],
+        params: SamplingParams,
+        progress: Progress | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         # A prompt's requests are seeded from its own seed, or else from its place in this call.
         origins = [[seed] for seed in seeds] if seeds is not None else [[params.seed, i] for i in range(len(prompts))]
         return asyncio.run(self._generate_all(prompts, params, progress, origins))
 
-    async def _generate_all(self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None, origins: list[list[int]]) -> list[list[Completion]]:
+    async def _generate_all(
+        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None, origins: list[list[int]]
+    ) -> list[list[Completion]]:
         import openai
 
         limit = asyncio.Semaphore(self.concurrency)
         try:
             # A client per call: each call runs its own event loop, and the client closes with it.
             async with openai.AsyncOpenAI(**self.client_settings) as client:
-                return list(await asyncio.gather(*(self._samples(client, i, p, origins[i], params, limit, progress) for i, p in enumerate(prompts))))
+                return list(
+                    await asyncio.gather(
+                        *(
+                            self._samples(client, i, p, origins[i], params, limit, progress)
+                            for i, p in enumerate(prompts)
+                        )
+                    )
+                )
         except openai.APIError as exc:
             status = getattr(exc, "status_code", None)
-            raise CrocoError(f"request to {self.base_url} (model {self.model}) failed{f' with status {status}' if status else ''}: {exc.message}") from None
+            raise CrocoError(
+                f"request to {self.base_url} (model {self.model}) failed{f' with status {status}' if status else ''}: {exc.message}"
+            ) from None
 
     async def _samples(
-        self, client: Any, index: int, messages: Messages, origin: list[int], params: SamplingParams, limit: asyncio.Semaphore, progress: Progress | None
+        self,
+        client: Any,
+        index: int,
+        messages: Messages,
+        origin: list[int],
+        params: SamplingParams,
+        limit: asyncio.Semaphore,
+        progress: Progress | None,
     ) -> list[Completion]:
         samples: list[Completion] = []
         while len(samples) < params.num_samples:

@@ -42,7 +42,11 @@ class TransformersGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, prompts: Sequence[Messages], params: SamplingParams, progress: Progress | None = None, seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[Messages],
+        params: SamplingParams,
+        progress: Progress | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         encoded = [encode_chat(self.tokenizer, messages, True, self.template_kwargs) for messages in prompts]
         # One row per (prompt, sample): rows of one prompt sit together, so batches share prompt lengths.
@@ -55,9 +59,14 @@ class TransformersGenerator:
                 # A batch samples from one random stream: seeded by its own rows, a sample depends on the prompts
                 # it is batched with, never on where the batch falls (with batch_size 1, on its prompt alone).
                 torch.manual_seed(int(stable_hash([[seeds[p], s] for p, s in batch_rows]), 16) % 2**31)
-            inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(self.device)
+            inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(
+                self.device
+            )
             output = self.model.generate(
-                **inputs, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling_arguments(params)
+                **inputs,
+                max_new_tokens=params.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling_arguments(params),
             )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
             for (p, s), tokens in zip(batch_rows, new_tokens):
@@ -85,7 +94,9 @@ class TransformersScorer:
         self.model = load_reward_model(model, self.device)
         self.template_kwargs = model.chat_template_kwargs
         if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model {model.path} has {self.model.config.num_labels} labels; croco needs a one-logit classifier")
+            raise ValueError(
+                f"reward model {model.path} has {self.model.config.num_labels} labels; croco needs a one-logit classifier"
+            )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
@@ -103,11 +114,17 @@ class TransformersScorer:
             progress(len(encoded) - len(fitting))
         for batch in _length_sorted_batches([len(encoded[i]) for i in fitting], self.batch_size):
             indices = [fitting[b] for b in batch]
-            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(self.device)
+            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(
+                self.device
+            )
             logits = self.model(**inputs).logits[:, 0].tolist()
             for i, logit in zip(indices, logits):
                 finite = math.isfinite(logit)
-                results[i] = Score(reward=logit if finite else None, num_tokens=len(encoded[i]), skip_reason=None if finite else "non_finite_reward")
+                results[i] = Score(
+                    reward=logit if finite else None,
+                    num_tokens=len(encoded[i]),
+                    skip_reason=None if finite else "non_finite_reward",
+                )
             if progress:
                 progress(len(indices))
         return results  # type: ignore[return-value]

@@ -29,7 +29,9 @@ class Forward(BaseHTTPRequestHandler):
         self._forward(body)
 
     def _forward(self, body):
-        request = urllib.request.Request(UPSTREAM + self.path, data=body, method=self.command, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            UPSTREAM + self.path, data=body, method=self.command, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=600) as response:
                 status, payload = response.status, response.read()

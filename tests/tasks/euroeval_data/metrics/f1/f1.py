@@ -8,7 +8,20 @@ from sklearn.metrics import f1_score
 class F1(evaluate.Metric):
     def _info(self):
         features = datasets.Features({"predictions": datasets.Value("int32"), "references": datasets.Value("int32")})
-        return evaluate.MetricInfo(description="F1 (scikit-learn)", citation="", inputs_description="label ids", features=features)
+        return evaluate.MetricInfo(
+            description="F1 (scikit-learn)", citation="", inputs_description="label ids", features=features
+        )
 
     def _compute(self, predictions, references, labels=None, pos_label=1, average="binary", sample_weight=None):
-        return {"f1": float(f1_score(references, predictions, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight))}
+        return {
+            "f1": float(
+                f1_score(
+                    references,
+                    predictions,
+                    labels=labels,
+                    pos_label=pos_label,
+                    average=average,
+                    sample_weight=sample_weight,
+                )
+            )
+        }
