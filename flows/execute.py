@@ -108,9 +108,8 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
         object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
         live.finish("completed", report=report_uri, **object_versions)
-    if (
-        completed(storage, cfg.name)[0]["run_id"] == run_id
-    ):  # a newer run of this config that finished first keeps its report there
+    # A newer run of this config that finished first keeps its report where a person looks first.
+    if completed(storage, cfg.name)[0]["run_id"] == run_id:
         show_as_newest(storage, cfg, run_id, report)
     log.info(
         "run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values())

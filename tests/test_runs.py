@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from test_storage import sample
 
 from croco import runs
 from croco.errors import CrocoError
@@ -14,24 +15,7 @@ from croco.storage import Storage
 
 def committed(storage: Storage, key: str):
     version = storage.version("generate", "en", key)
-    version.write_shard(
-        "00000",
-        [
-            {
-                "prompt_id": "p0",
-                "language": "en",
-                "sample_index": 0,
-                "prompt": "q",
-                "prompt_sent": "q",
-                "response": "a",
-                "finish_reason": "stop",
-                "prompt_tokens": 3,
-                "completion_tokens": 1,
-                "policy": "m",
-            }
-        ],
-        SAMPLE,
-    )
+    version.write_shard("00000", [sample(0)], SAMPLE)
     version.commit({"records_in": 1, "records_out": 1, "skipped": {}})
     return version
 

@@ -158,9 +158,8 @@ def stage_task(work: Work):
         storage = storage_of(cfg)
         out = storage.version(unit.stage, unit.language, unit.key, writing=True)
         done = intact(out)
-        if (
-            done is not None
-        ):  # committed and intact: another machine's cache record, or a run that finished while this one waited
+        # Committed and intact: another machine's cache record, or a run that finished while this one waited.
+        if done is not None:
             return reference(done)
         inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
         # Read before the work: an input recomputed while this unit reads it is caught below.
