@@ -275,3 +275,21 @@ def scripted_openai_server(reply):
 
 def scripted_choice(index: int, text: str, finish_reason: str | None = "stop") -> dict:
     return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """infra/s3_server.py, as a user starts it; yields the environment croco reads (endpoint and credentials).
+    Defined here, once: s3fs caches a filesystem per process, so a second server would be read through the first's."""
+
+    sys.path.insert(0, str(REPO / "infra"))
+    from s3_server import environment
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "s3.log"
+    with background(
+        [sys.executable, str(REPO / "infra" / "s3_server.py"), "--port", str(port), "--bucket", "croco"],
+        f"http://127.0.0.1:{port}/moto-api/",
+        log,
+    ):
+        yield environment(port)

@@ -5,8 +5,6 @@ import re
 import subprocess
 import sys
 
-from test_storage_s3 import s3_server  # noqa: F401 (the fixture: a real S3-compatible server)
-
 from conftest import REPO
 from croco.records import SAMPLE
 from croco.storage import Storage
@@ -22,7 +20,7 @@ def readme_snippets() -> tuple[str, str]:
     return block, reader
 
 
-def test_the_readme_loads_a_local_and_an_s3_version_under_hf_datasets_offline(tmp_path, s3_server, monkeypatch):  # noqa: F811
+def test_the_readme_loads_a_local_and_an_s3_version_under_hf_datasets_offline(tmp_path, s3_server, monkeypatch):
     for name, value in {
         **s3_server,
         "HF_DATASETS_OFFLINE": "1",

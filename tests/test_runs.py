@@ -40,6 +40,7 @@ def test_gc_keeps_the_newest_completed_runs_every_run_still_going_and_work_in_pr
     v = {key: committed(storage, key) for key in ("old", "failed", "live", "last", "died", "theirs")}
     partial = storage.version("generate", "da", "partial")
     partial.write_shard("00000", [], SAMPLE)
+    partial.flush()  # uploaded in the background: on disk before gc lists the root
     beat = {"status": "running", "lease_s": 180}
     for run in (
         record("r-old", ago(days=3), versions=[v["old"]]),

@@ -3,29 +3,11 @@
 import datasets
 import pytest
 
-from conftest import REPO, background, free_port, make_config, save_config, version
+from conftest import make_config, save_config, version
 from croco import runs
 from croco.caching import result_storage
 from croco.records import SAMPLE
 from croco.storage import Storage
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """infra/s3_server.py, as a user starts it; yields the environment croco reads (endpoint and credentials)."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "infra"))
-    from s3_server import environment
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("s3") / "s3.log"
-    with background(
-        [sys.executable, str(REPO / "infra" / "s3_server.py"), "--port", str(port), "--bucket", "croco"],
-        f"http://127.0.0.1:{port}/moto-api/",
-        log,
-    ):
-        yield environment(port)
 
 
 @pytest.fixture
