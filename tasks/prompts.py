@@ -30,7 +30,7 @@ from croco.tasks import always, per_language
 log = logging.getLogger("croco")
 
 NAME = "prompts"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: a `messages` that is not a list has its own reject reason
 ROLES = {"system", "user", "assistant"}
 REJECTS_FILE = "rejects.jsonl"
 
