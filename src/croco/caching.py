@@ -140,8 +140,9 @@ Work = Callable[[CrocoConfig, Unit, Version, dict[str, Version]], dict[str, Any]
 
 
 def stage_task(work: Work):
-    """The Prefect task of one stage: runs the stage's `work` for one unit into its version, commits it,
-    publishes its summary, and returns a small reference (never the data)."""
+    """The Prefect task of one stage: brings one unit's version to committed where the config's `execution` says
+    (this process, or a SLURM job running `croco unit`), publishes its summary, and returns a small reference
+    (never the data). The stage's `work` stays reachable as the task's `.work`, for `croco unit`."""
     name = work.__module__.rsplit(".", 1)[-1]
 
     # Not functools.wraps: Prefect reads the signature, and it must be (cfg, unit), not the work's.
@@ -155,46 +156,57 @@ def stage_task(work: Work):
         retry_condition_fn=_retry_unless_bad_input,
     )
     def run_unit(cfg: CrocoConfig, unit: Unit) -> dict[str, Any]:
-        storage = storage_of(cfg)
-        out = storage.version(unit.stage, unit.language, unit.key, writing=True)
-        done = intact(out)
-        # Committed and intact: another machine's cache record, or a run that finished while this one waited.
-        if done is not None:
-            return reference(done)
-        inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
-        # Read before the work: an input recomputed while this unit reads it is caught below.
-        lineage = {
-            unit_id: {"version": v.relative, "uri": v.uri, "digest": v.committed_manifest()["digest"]}
-            for unit_id, v in inputs.items()
-        }
-        out.start(lineage)
-        started = time.perf_counter()
-        report = work(cfg, unit, out, inputs)
-        for unit_id, version in inputs.items():
-            if version.committed_manifest()["digest"] != lineage[unit_id]["digest"]:
-                raise InputChanged(
-                    f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data"
-                )
-        manifest = out.commit(
-            {
-                "stage": unit.stage,
-                "language": unit.language,
-                "model": unit.model,
-                "key": unit.key,
-                "settings": unit.settings,
-                "libraries": library_versions(),  # in no key: see plan.library_versions
-                "lineage": lineage,
-                "wall_s": round(time.perf_counter() - started, 2),
-                **report,
-            }
-        )
-        from croco.summaries import publish_summary, summary_line
+        from croco.execution import backend_for
+        from croco.summaries import publish_summary
 
-        log.info(summary_line(unit, manifest))
+        manifest = backend_for(cfg, unit.stage).run(cfg, unit, work)
         publish_summary(unit, manifest)
         return reference(manifest)
 
+    run_unit.work = work
     return run_unit
+
+
+def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
+    """Do one unit's work in this process and commit its version; returns its manifest. Resumes from the shards
+    a killed attempt finished; reads nothing from Prefect, so a SLURM job runs exactly this (`croco unit`)."""
+    storage = storage_of(cfg)
+    out = storage.version(unit.stage, unit.language, unit.key, writing=True)
+    done = intact(out)
+    # Committed and intact: another machine's cache record, or a run that finished while this one waited.
+    if done is not None:
+        return done
+    inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
+    # Read before the work: an input recomputed while this unit reads it is caught below.
+    lineage = {
+        unit_id: {"version": v.relative, "uri": v.uri, "digest": v.committed_manifest()["digest"]}
+        for unit_id, v in inputs.items()
+    }
+    out.start(lineage)
+    started = time.perf_counter()
+    report = work(cfg, unit, out, inputs)
+    for unit_id, version in inputs.items():
+        if version.committed_manifest()["digest"] != lineage[unit_id]["digest"]:
+            raise InputChanged(
+                f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data"
+            )
+    manifest = out.commit(
+        {
+            "stage": unit.stage,
+            "language": unit.language,
+            "model": unit.model,
+            "key": unit.key,
+            "settings": unit.settings,
+            "libraries": library_versions(),  # in no key: see plan.library_versions
+            "lineage": lineage,
+            "wall_s": round(time.perf_counter() - started, 2),
+            **report,
+        }
+    )
+    from croco.summaries import summary_line
+
+    log.info(summary_line(unit, manifest))
+    return manifest
 
 
 def intact(version: Version) -> dict[str, Any] | None:

@@ -1,0 +1,28 @@
+"""Where a unit's work runs, behind one small interface: in this process (`local`, the default) or, for a
+cluster, as a job that runs `croco unit` against the same storage root while the flow waits on it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from croco.caching import Work, run_here
+from croco.config import CrocoConfig
+from croco.plan import Unit
+
+
+class Backend(Protocol):
+    def run(self, cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
+        """Bring the unit's version to committed (resuming what an earlier attempt finished) and return its
+        manifest, or raise: a CrocoError for what a retry cannot fix, any other error for what it may."""
+        ...
+
+
+class Local:
+    """The unit's work in the flow's own process: tiny runs, laptops, tests."""
+
+    def run(self, cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
+        return run_here(cfg, unit, work)
+
+
+def backend_for(cfg: CrocoConfig, stage: str) -> Backend:
+    return Local()
