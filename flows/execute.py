@@ -1,9 +1,11 @@
 """What every croco flow does: load the config, plan its units, run each unit's task, report.
 
-The tasks run one after the other in plan order (a language's units in the order of the
-stages): on one machine two model-loading tasks at once only slow each other down, and on a
-cluster each task is its own job. A unit whose version is committed and intact is a cache
-hit and costs a storage listing; a unit left half done by a crash resumes from its shards.
+Each unit's task starts as soon as the units it reads have finished, so languages run side by
+side: on a cluster each task is a SLURM job and every ready job is in the queue together; on one
+machine two model-loading tasks at once only slow each other down, so those share a Prefect
+concurrency limit (`execution.local_parallel`, default 1). A unit whose version is committed and
+intact is a cache hit and costs a storage listing; a unit left half done by a crash resumes from
+its shards.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import uuid
 from typing import Any
 
 import fsspec
+from prefect.client.schemas.objects import State
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from croco.caching import with_execution
+from croco.caching import limit_local_models, with_execution
 from croco.config import CrocoConfig, load_config, read_yaml
 from croco.errors import CrocoError
 from croco.fileio import decode_text
@@ -27,6 +32,14 @@ from croco.storage import Storage, storage_of
 from croco.summaries import publish_markdown, publish_summary, publish_table
 
 log = logging.getLogger("croco")
+
+# Threads that run or wait on units: a thread waiting on a SLURM job costs nothing, and in-process units that load
+# a model are held back by their concurrency limit, not by this number.
+UNIT_THREADS = 64
+
+
+def unit_runner() -> ThreadPoolTaskRunner:
+    return ThreadPoolTaskRunner(max_workers=UNIT_THREADS)
 
 
 def load_run_config(
@@ -70,7 +83,6 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     """Run the units of `targets` (every enabled stage by default) and those they read; write the run record and report."""
     storage = storage_of(cfg)
     plan = build_plan(cfg, targets)
-    tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
     started = utc_now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{_flow_run_id()}"
     record = {
@@ -93,11 +105,9 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         )
         for unit_id, why in plan.skipped.items():
             log.warning("%s: skipped: %s", unit_id, why)
-        cached = {}
+        states = run_units(cfg, plan, storage)
+        cached = {unit_id: state.name == "Cached" for unit_id, state in states.items()}
         for unit in plan.units:
-            state = with_execution(tasks[unit.stage], cfg, storage)(cfg, unit, return_state=True)
-            state.result()  # raises the task's error
-            cached[unit.id] = state.name == "Cached"
             if cached[unit.id]:  # a unit that ran has published its summary itself
                 publish_summary(unit, storage.version_at(unit.version_path).manifest())
         manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
@@ -120,6 +130,26 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         "versions": {unit.id: storage.version_at(unit.version_path).uri for unit in plan.units},
         "cached": cached,
     }
+
+
+def run_units(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, State]:
+    """Every unit as a task submitted to the flow's task runner, waiting only on the units it reads: independent
+    units (languages, evaluated models) run at the same time. SLURM units are jobs the threads wait on; units in
+    this process that load a model share Prefect's tag concurrency limit for this host (`local_models_tag`). Every
+    unit that can run does; the first failure in plan order is raised after the rest have finished."""
+    tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
+    limit_local_models(cfg)
+    futures: dict[str, PrefectFuture] = {}
+    for unit in plan.units:
+        task_ = with_execution(tasks[unit.stage], cfg, storage)
+        futures[unit.id] = task_.submit(cfg, unit, wait_for=[futures[unit_id] for unit_id, _ in unit.inputs])
+    wait(list(futures.values()))
+    states = {unit_id: future.state for unit_id, future in futures.items()}
+    failed = [unit_id for unit_id, state in states.items() if not state.is_completed()]
+    if failed:
+        log.error("%d of %d units did not finish: %s", len(failed), len(states), ", ".join(failed))
+        states[failed[0]].result()  # raises that unit's error (the others waited on it or failed on their own)
+    return states
 
 
 def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id: str) -> dict[str, str]:

@@ -1,15 +1,40 @@
 """The pipeline's stages, one module each, in the order they run (croco.plan lists them).
 
-Each module holds the stage's Prefect task (croco.caching.stage_task: cached on the unit key,
-retried, callable as `task.fn(cfg, unit)` without a server) and says, for croco.plan, which
-units the stage has (`units`), which versions a unit reads (`inputs`), and what shapes its
-output (`settings`, with `CODE_VERSION`, bumped whenever the stage's output would change).
-A stage that cannot run in some of the run's languages also says why (`skipped`: language ->
-reason); the plan, the run's log and the report count and show those.
+Each module is a `Stage`: it holds the stage's Prefect task (croco.caching.stage_task: cached on
+the unit key, retried, callable as `task.fn(cfg, unit)` without a server) and says, for
+croco.plan, which units the stage has (`units`), which versions a unit reads (`inputs`), and
+what shapes its output (`settings`, with `CODE_VERSION`, bumped whenever the stage's output
+would change). A stage that cannot run in some of the run's languages also says why (`skipped`:
+language -> reason); the plan, the run's log and the report count and show those.
 """
+
+from typing import Any, Protocol
 
 from croco.config import CrocoConfig
 from croco.storage import ALL_LANGUAGES
+
+
+class Stage(Protocol):
+    """What a stage module defines (a module satisfies a Protocol by its attributes)."""
+
+    NAME: str  # also the name of its task attribute: `croco.tasks.generate.generate`
+    CODE_VERSION: str
+    LOADS_MODEL: bool  # its units load a model where they run, so at most `execution.local_parallel` run in-process
+
+    def enabled(self, cfg: CrocoConfig) -> bool: ...
+
+    def units(self, cfg: CrocoConfig) -> list[tuple[str, str | None]]:
+        """(language, evaluated model or None) of every unit."""
+        ...
+
+    def inputs(self, cfg: CrocoConfig, language: str, model: str | None) -> list[str]:
+        """The unit ids whose versions this unit reads."""
+        ...
+
+    def settings(self, cfg: CrocoConfig, language: str, model: str | None) -> dict[str, Any]:
+        """Everything that shapes the unit's output (hashed into its key)."""
+        ...
+
 
 # One line per stage for `croco --help`, without importing the stages (and torch with them).
 STAGE_DOCS = {

@@ -30,6 +30,7 @@ from croco.tasks import throughput
 
 NAME = "arena"
 CODE_VERSION = "1"
+LOADS_MODEL = True
 ANSWERS_FILE = "answers.jsonl"  # the original code's output format
 REQUIRED = ("question_id", "prompt")
 QUESTIONS_PER_SHARD = 64  # a crash loses at most one shard of answers

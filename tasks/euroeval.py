@@ -38,6 +38,7 @@ log = logging.getLogger("croco")
 
 NAME = "euroeval"
 CODE_VERSION = "1"
+LOADS_MODEL = True
 RESULTS_FILE = "euroeval_benchmark_results.jsonl"
 LOG_FILE = "euroeval.log"
 SHARD = "00000"

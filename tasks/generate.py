@@ -38,6 +38,7 @@ log = logging.getLogger("croco")
 
 NAME = "generate"
 CODE_VERSION = "2"  # 2: prompts longer than fit are skipped (prompt_too_long)
+LOADS_MODEL = True
 PROMPT_TOO_LONG = "prompt_too_long"
 
 enabled = always

@@ -36,6 +36,7 @@ log = logging.getLogger("croco")
 
 NAME = "judge"
 CODE_VERSION = "3"  # 3: one version per evaluated model and language
+LOADS_MODEL = True
 JUDGMENTS_PER_SHARD = 64  # fixed, so a resumed run cuts its work exactly as the killed one did
 UNMATCHED_SHARD = "unmatched"  # no judgments, only the skipped records of answers without a baseline answer
 CIRCULAR_WARNING = (

@@ -30,6 +30,7 @@ from croco.tasks import across_languages, always
 
 NAME = "pair"
 CODE_VERSION = "1"
+LOADS_MODEL = False
 
 enabled = always
 units = across_languages

@@ -31,6 +31,7 @@ log = logging.getLogger("croco")
 
 NAME = "prompts"
 CODE_VERSION = "2"  # 2: a `messages` that is not a list has its own reject reason
+LOADS_MODEL = False
 ROLES = {"system", "user", "assistant"}
 REJECTS_FILE = "rejects.jsonl"
 

@@ -26,6 +26,7 @@ from croco.tasks import always, per_language, throughput
 
 NAME = "score"
 CODE_VERSION = "1"
+LOADS_MODEL = True
 
 enabled = always
 units = per_language

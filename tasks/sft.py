@@ -13,6 +13,7 @@ from croco.tasks import across_languages
 
 NAME = "sft"
 CODE_VERSION = "1"
+LOADS_MODEL = True
 PAIRS = f"pair/{ALL_LANGUAGES}"
 
 units = across_languages

@@ -224,3 +224,17 @@ def test_the_device_class_and_resolved_dtype_are_in_the_keys_of_what_a_model_mak
     assert {u for u in on["cpu"] if on["cpu"][u] != on["cuda"][u]} == {
         u for u in on["cpu"] if not u.startswith("prompts/")
     }
+
+
+def test_every_stage_module_defines_what_a_stage_must():
+    import inspect
+
+    from croco.plan import stage_modules
+    from croco.tasks import Stage
+
+    required = [name for name in Stage.__annotations__] + [
+        name for name, member in vars(Stage).items() if inspect.isfunction(member)
+    ]
+    for module in stage_modules():
+        assert [name for name in required if not hasattr(module, name)] == [], module.__name__
+        assert hasattr(getattr(module, module.NAME), "work")  # the task croco unit runs in a job

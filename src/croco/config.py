@@ -373,6 +373,15 @@ class RetryConfig(_Section):
     )
 
 
+class ExecutionConfig(_Section):
+    local_parallel: int = Field(
+        1,
+        gt=0,
+        description="Units that load a model in this process (not as a cluster job) and run at once; on one machine more "
+        "only slow each other down. A Prefect tag concurrency limit per host holds it.",
+    )
+
+
 class CrocoConfig(_Section):
     name: str = Field(
         "croco",
@@ -380,6 +389,7 @@ class CrocoConfig(_Section):
         description="Run name: each run's report goes to `<storage.root>/runs/<name>/<run_id>/`, the newest completed one's also to `runs/<name>/report.md`; `croco gc` and `croco runs` go by it.",
     )
     storage: StorageConfig = StorageConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     retries: dict[str, RetryConfig] = Field(
         {"default": RetryConfig(attempts=1)},
         description="Retries per stage (`generate`, `score`, ...), with `default` for the others; they never change a cache key.",

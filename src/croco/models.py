@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +49,27 @@ def load_tokenizer(model: ModelConfig, padding_side: str = "left"):
     return tokenizer
 
 
-def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwargs: Any) -> torch.nn.Module:
-    loaded = auto_class.from_pretrained(
-        resolve_model(model.path),
-        revision=model.revision,
-        trust_remote_code=model.trust_remote_code,
-        use_safetensors=True,
-        dtype=pick_dtype(model.dtype, device),
-        **kwargs,
-    )
-    if model.adapter:
-        from peft import PeftModel
+# transformers builds a model on the meta device by patching torch process-wide while it loads: two loads in two
+# threads (units running side by side) break each other ("Cannot copy out of meta tensor"). Loads take turns; the
+# loaded models then run at the same time.
+_LOADING = threading.Lock()
 
-        loaded = PeftModel.from_pretrained(loaded, model.adapter)
-    return loaded.to(device).eval()
+
+def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwargs: Any) -> torch.nn.Module:
+    with _LOADING:
+        loaded = auto_class.from_pretrained(
+            resolve_model(model.path),
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            use_safetensors=True,
+            dtype=pick_dtype(model.dtype, device),
+            **kwargs,
+        )
+        if model.adapter:
+            from peft import PeftModel
+
+            loaded = PeftModel.from_pretrained(loaded, model.adapter)
+        return loaded.to(device).eval()
 
 
 def load_reward_model(model: ModelConfig, device: torch.device) -> torch.nn.Module:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from types import ModuleType
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from croco.config import CrocoConfig
 from croco.fileio import stable_hash
 from croco.redaction import URL_CREDENTIALS, redact_value
 from croco.storage import Storage
+
+if TYPE_CHECKING:
+    from croco.tasks import Stage
 
 LOCATION = "location"  # a settings key naming where hashed content lies: shown in the manifest, left out of the key
 LIBRARIES = ("croco", "torch", "transformers", "trl", "peft", "datasets", "vllm", "huggingface_hub")
@@ -65,7 +67,7 @@ class Plan:
         return list(dict.fromkeys(u.stage for u in self.units))
 
 
-def stage_modules() -> list[ModuleType]:
+def stage_modules() -> list[Stage]:
     from croco.tasks import arena, dpo, euroeval, generate, judge, pair, prompts, score, sft
 
     return [prompts, generate, score, pair, sft, dpo, arena, judge, euroeval]

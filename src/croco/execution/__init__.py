@@ -24,5 +24,10 @@ class Local:
         return run_here(cfg, unit, work)
 
 
+def runs_here(cfg: CrocoConfig, stage: str) -> bool:
+    """Whether `stage`'s units run in the flow's own process."""
+    return True
+
+
 def backend_for(cfg: CrocoConfig, stage: str) -> Backend:
     return Local()
