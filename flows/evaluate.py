@@ -6,12 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from croco.flows.execute import execute, load_run_config, unit_runner
+from croco.flows.execute import execute, load_run_config
 from croco.redaction import NoCredential
 
 
 @flow(
-    task_runner=unit_runner(),
     name="croco-evaluate",
     description="Arena answers, judge and EuroEval for the evaluated models (training runs first if it must).",
 )

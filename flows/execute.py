@@ -2,8 +2,8 @@
 
 Each unit's task starts as soon as the units it reads have finished, so languages run side by
 side: on a cluster each task is a SLURM job and every ready job is in the queue together; on one
-machine two model-loading tasks at once only slow each other down, so those share a Prefect
-concurrency limit (`execution.local_parallel`, default 1). A unit whose version is committed and
+machine two model-loading tasks at once only slow each other down, so in-process units share
+`execution.local_parallel` threads (default 1). A unit whose version is committed and
 intact is a cache hit and costs a storage listing; a unit left half done by a crash resumes from
 its shards.
 """
@@ -20,9 +20,10 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from croco.caching import limit_local_models, with_execution
+from croco.caching import limit_local_models, local_models_tag, with_execution
 from croco.config import CrocoConfig, load_config, read_yaml
 from croco.errors import CrocoError
+from croco.execution import runs_here
 from croco.fileio import decode_text
 from croco.plan import Plan, build_plan, describe, stage_modules
 from croco.redaction import redact_value, refuse_credentials
@@ -33,13 +34,8 @@ from croco.summaries import publish_markdown, publish_summary, publish_table
 
 log = logging.getLogger("croco")
 
-# Threads that run or wait on units: a thread waiting on a SLURM job costs nothing, and in-process units that load
-# a model are held back by their concurrency limit, not by this number.
+# Threads that run or wait on units when some stage runs on a cluster: a thread waiting on a SLURM job costs nothing.
 UNIT_THREADS = 64
-
-
-def unit_runner() -> ThreadPoolTaskRunner:
-    return ThreadPoolTaskRunner(max_workers=UNIT_THREADS)
 
 
 def load_run_config(
@@ -133,17 +129,29 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
 
 
 def run_units(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, State]:
-    """Every unit as a task submitted to the flow's task runner, waiting only on the units it reads: independent
-    units (languages, evaluated models) run at the same time. SLURM units are jobs the threads wait on; units in
-    this process that load a model share Prefect's tag concurrency limit for this host (`local_models_tag`). Every
-    unit that can run does; the first failure in plan order is raised after the rest have finished."""
-    tasks = {module.NAME: getattr(module, module.NAME) for module in stage_modules()}
-    limit_local_models(cfg)
+    """Every unit as a task submitted to a Prefect thread-pool task runner, waiting only on the units it reads, so
+    independent units (languages, evaluated models) run at the same time. Every unit that can run does; the first
+    failure in plan order is raised after the rest have finished.
+
+    In-process units share `execution.local_parallel` threads: the units are submitted in plan order and a pool
+    takes them first in, first out, so a unit only ever waits on units already running or done. Where some stage
+    runs on a cluster, every ready job is in the queue together (`UNIT_THREADS`), and in-process units that load a
+    model share Prefect's tag concurrency limit for this host instead (slower to hand a slot on: a waiting task
+    asks again after the server's Retry-After, seconds)."""
+    stages = {module.NAME: module for module in stage_modules()}
+    on_cluster = not all(runs_here(cfg, stage) for stage in plan.stages())
+    if on_cluster:
+        limit_local_models(cfg)
     futures: dict[str, PrefectFuture] = {}
-    for unit in plan.units:
-        task_ = with_execution(tasks[unit.stage], cfg, storage)
-        futures[unit.id] = task_.submit(cfg, unit, wait_for=[futures[unit_id] for unit_id, _ in unit.inputs])
-    wait(list(futures.values()))
+    with ThreadPoolTaskRunner(max_workers=UNIT_THREADS if on_cluster else cfg.execution.local_parallel) as runner:
+        for unit in plan.units:
+            module = stages[unit.stage]
+            task_ = with_execution(getattr(module, module.NAME), cfg, storage)
+            if on_cluster and module.LOADS_MODEL and runs_here(cfg, unit.stage):
+                task_ = task_.with_options(tags={local_models_tag()})
+            upstream = [futures[unit_id] for unit_id, _ in unit.inputs]
+            futures[unit.id] = runner.submit(task_, {"cfg": cfg, "unit": unit}, wait_for=upstream)
+        wait(list(futures.values()))
     states = {unit_id: future.state for unit_id, future in futures.items()}
     failed = [unit_id for unit_id, state in states.items() if not state.is_completed()]
     if failed:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow
 
-from croco.flows.execute import execute, load_run_config, unit_runner
+from croco.flows.execute import execute, load_run_config
 from croco.redaction import NoCredential
 from croco.runs import last_languages
 from croco.storage import storage_of
@@ -20,7 +20,6 @@ log = logging.getLogger("croco")
 
 
 @flow(
-    task_runner=unit_runner(),
     name="croco-languages",
     description="Rerun the pipeline for the config's languages; only languages without finished work do any.",
 )

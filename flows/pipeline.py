@@ -6,15 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from croco.flows.execute import execute, load_run_config, unit_runner
+from croco.flows.execute import execute, load_run_config
 from croco.redaction import NoCredential
 
 
-@flow(
-    task_runner=unit_runner(),
-    name="croco-pipeline",
-    description="Every enabled stage of a croco config; finished units are cache hits.",
-)
+@flow(name="croco-pipeline", description="Every enabled stage of a croco config; finished units are cache hits.")
 def pipeline(
     config: NoCredential,
     overrides: list[NoCredential] | None = None,

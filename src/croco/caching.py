@@ -235,24 +235,14 @@ def reference(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_execution(task_, cfg: CrocoConfig, storage: Storage):
-    """The task with this config's retries, this storage root's cache records, and, where it loads a model in this
-    process, the tag whose Prefect concurrency limit keeps such units from slowing each other down."""
-    from croco.execution import runs_here
-
+    """The task with this config's retries and this storage root's cache records."""
     retry = cfg.retries.get(task_.name, cfg.retries.get("default"))
     delays = exponential_backoff(backoff_factor=retry.delay_s)(retry.attempts) if retry and retry.attempts else 0
     return task_.with_options(
         retries=retry.attempts if retry else 0,
         retry_delay_seconds=delays,
         result_storage=result_storage(storage),
-        tags={local_models_tag()} if _loads_model(task_.name) and runs_here(cfg, task_.name) else set(),
     )
-
-
-def _loads_model(stage: str) -> bool:
-    from croco.plan import stage_modules
-
-    return any(module.NAME == stage and module.LOADS_MODEL for module in stage_modules())
 
 
 def local_models_tag() -> str:
@@ -261,7 +251,8 @@ def local_models_tag() -> str:
 
 
 def limit_local_models(cfg: CrocoConfig) -> None:
-    """How many model-loading units run at once in this process: Prefect's tag concurrency limit for this host."""
+    """How many model-loading units run at once in this process while others run as cluster jobs: Prefect's tag
+    concurrency limit for this host."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:

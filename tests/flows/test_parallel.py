@@ -7,6 +7,7 @@ import time
 import pytest
 
 import croco.execution
+import croco.flows.execute
 from conftest import make_config, prompt_record, run, write_jsonl
 from croco.plan import build_plan
 from croco.storage import storage_of
@@ -25,13 +26,13 @@ class Watch:
     """Wraps the in-process unit runner: records how many model-loading units are inside at once, and holds each
     generate unit until all three languages' are inside (a barrier that breaks if they never meet)."""
 
-    def __init__(self, monkeypatch, meet: int | None):
+    def __init__(self, monkeypatch, meet: int | None, counted: tuple[str, ...] = ("generate", "score")):
         self.inside, self.most, self.lock = 0, 0, threading.Lock()
         self.barrier = threading.Barrier(meet, timeout=60) if meet else None
         real = croco.execution.run_here
 
         def watched(cfg, unit, work):
-            if unit.stage in ("prompts", "pair"):
+            if unit.stage not in counted:
                 return real(cfg, unit, work)
             with self.lock:
                 self.inside += 1
@@ -95,3 +96,14 @@ def test_a_failed_unit_stops_what_reads_it_and_the_other_languages_finish(
     storage = storage_of(cfg)
     committed = {u.id for u in build_plan(cfg).units if not storage.version_at(u.version_path).problems()}
     assert {"score/en", "score/ga", "generate/da"} <= committed and "pair/all" not in committed
+
+
+def test_in_a_run_with_cluster_stages_in_process_model_units_take_turns_by_tag(
+    tmp_path, tiny_models, three_languages, monkeypatch
+):
+    # score "runs on the cluster" (it still runs here: only the plan's view changes), so the pool is wide and only
+    # Prefect's tag concurrency limit keeps the three in-process generate units apart.
+    monkeypatch.setattr(croco.flows.execute, "runs_here", lambda cfg, stage: stage != "score")
+    watch = Watch(monkeypatch, meet=None, counted=("generate",))
+    run(make_config(tmp_path / "store", tiny_models, three_languages, languages=LANGUAGES, **NO_TRAINING))
+    assert watch.most == 1
