@@ -377,8 +377,9 @@ class ExecutionConfig(_Section):
     local_parallel: int = Field(
         1,
         gt=0,
-        description="Units that load a model in this process (not as a cluster job) and run at once; on one machine more "
-        "only slow each other down. A Prefect tag concurrency limit per host holds it.",
+        description="Units that run in this process at once (pool threads); on one machine two models at once only slow "
+        "each other down. Where some stages run as cluster jobs, a Prefect tag concurrency limit per host holds the "
+        "in-process units that load a model to it.",
     )
 
 
