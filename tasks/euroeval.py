@@ -136,7 +136,7 @@ def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
         # The installed EuroEval's version shapes the scores; the interpreter's path does not.
         "euroeval": {
             **cfg.euroeval.model_dump(include={"few_shot", "iterations", "split", "extra_args"}),
-            "version": installed_version(cfg.euroeval.python),
+            "version": cfg.euroeval.version or installed_version(cfg.euroeval.python),
         },
     }
 
@@ -182,6 +182,11 @@ def euroeval(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
     code, name = unit.language, unit.model
     datasets = dataset_table(cfg)[code]
     version = check_datasets(cfg, {code: datasets})
+    if cfg.euroeval.version and version != cfg.euroeval.version:
+        raise CrocoError(
+            f"euroeval.version is {cfg.euroeval.version} but {cfg.euroeval.python} has EuroEval {version}; "
+            "set euroeval.version to the installed one (the key names the version that scores)"
+        )
     workdir = out.work_folder()  # EuroEval's results file (to resume from), its log and the model folder
     model = model_folder(name, resolve(cfg, name, inputs), workdir)
     log.info("euroeval: %s in %s (%s)", name, LANGUAGES[code].name, ", ".join(datasets))

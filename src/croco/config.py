@@ -317,6 +317,11 @@ class EuroEvalConfig(_Section):
         "python3.12",
         description="Interpreter of the environment where EuroEval is installed; croco runs it, so a config is code: run only configs you trust.",
     )
+    version: str | None = Field(
+        None,
+        description="The EuroEval version the units' keys name, for a planning machine that cannot run `python` (a login "
+        "node, EuroEval inside the jobs' image); each unit checks its interpreter has it. Default: asked of `python`.",
+    )
     datasets: dict[str, list[str]] | None = Field(
         None,
         description="Datasets per language code; default: croco's table (`croco euroeval-datasets`), checked against the installed EuroEval.",

@@ -318,3 +318,27 @@ def test_the_key_holds_euroevals_version_not_where_its_interpreter_is(tmp_path, 
         fake_euroeval(tmp_path / name, version) for name, version in (("a", "0.0.1"), ("b", "0.0.1"), ("c", "0.0.2"))
     )
     assert key(here) == key(moved) != key(newer)
+
+
+def test_a_named_version_keys_the_units_without_the_interpreter_and_a_unit_checks_it(
+    tmp_path, tiny_models, prompts_file
+):
+    def config(python: str, version: str):
+        return make_config(
+            tmp_path / "store",
+            tiny_models,
+            [{"path": str(prompts_file)}],
+            languages=["da"],
+            evaluate={"run_adapters": []},
+            euroeval={"enabled": True, "python": python, "version": version, "datasets": {"da": ["fake-sentiment-da"]}},
+        )
+
+    def key(cfg) -> str:
+        return build_plan(cfg, ["euroeval"]).by_id["euroeval/da/policy"].key
+
+    installed = fake_euroeval(tmp_path / "job-image", "0.0.2")
+    on_login_node = config(str(tmp_path / "no-such-python"), "0.0.2")  # the login node cannot run the job's EuroEval
+    assert key(on_login_node) == key(config(installed, "0.0.2")) != key(config(installed, "0.0.1"))
+    stale = config(installed, "0.0.1")
+    with pytest.raises(CrocoError, match=r"euroeval.version is 0.0.1 but .*job-image/python has EuroEval 0.0.2; set"):
+        euroeval.euroeval.fn(stale, build_plan(stale, ["euroeval"]).by_id["euroeval/da/policy"])
