@@ -84,9 +84,8 @@ def build_models(tiny: bool, folder: Path) -> dict[str, str]:
     def random_llama(name: str, **size) -> str:
         common = dict(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True)
         ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        LlamaForCausalLM(LlamaConfig(**common, **ids, pad_token_id=tokenizer.pad_token_id, **size)).save_pretrained(
-            folder / name
-        )
+        model = LlamaForCausalLM(LlamaConfig(**common, **ids, pad_token_id=tokenizer.pad_token_id, **size))
+        model.to(torch.bfloat16).save_pretrained(folder / name)  # half the bytes to write and read back
         tokenizer.save_pretrained(folder / name)
         return str(folder / name)
 
