@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -139,7 +140,11 @@ def run(cfg: CrocoConfig, stages: list[str] | None = None, languages: list[str] 
     """The pipeline flow on this config, in this process; its result (run id, report, versions, which units were cached)."""
     from croco.flows.pipeline import pipeline
 
-    path = save_config(cfg, Path(str(Storage(cfg.storage.root).root) + ".yaml"))
+    storage = Storage(cfg.storage.root)
+    beside = (
+        Path(storage.root + ".yaml") if storage.local else Path(tempfile.mkdtemp(prefix="croco-config-")) / "s3.yaml"
+    )
+    path = save_config(cfg, beside)
     return pipeline(config=str(path), stages=stages, languages=languages)
 
 

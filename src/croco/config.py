@@ -220,6 +220,12 @@ class TrainingConfig(_Section):
         50, gt=0, description="Optimizer steps between checkpoints; a killed run resumes from the last one."
     )
     lora: LoraConfig = Field(LoraConfig(), description="Adapter settings.")
+    distributed: Literal["ddp", "zero2", "zero3"] = Field(
+        "ddp",
+        description="How a job on several devices shares the training (a shipped accelerate config): `ddp` (a replica per "
+        "device), DeepSpeed `zero2` or `zero3` (weights sharded too). Not part of the key: the effective batch stays "
+        "batch_size x gradient_accumulation on any number of devices (each accumulates gradient_accumulation / devices).",
+    )
 
     @model_validator(mode="after")
     def _prompt_fits(self):

@@ -7,6 +7,8 @@ Every stage output is an immutable, content-addressed version:
         skipped/part-<shard>.parquet      what the stage could not process, with reasons
         index/part-<shard>.json           rows, bytes and sha256 of that shard pair, written after them
         files/...                         other outputs: adapters, plots, tables
+        checkpoints/checkpoint-<step>/    a training unit's newest whole checkpoint while it runs, so that a job
+                                          resumed on another node finds it (croco.training); gone at the commit
         started.json                      the digests of the inputs the work was started from
         manifest.json                     written last: the commit marker, with the size and sha256 of every file
     <root>/runs/                          run records and reports (croco.runs, croco.report)
@@ -46,6 +48,7 @@ log = logging.getLogger("croco")
 MANIFEST = "manifest.json"
 STARTED = "started.json"
 PARTS = ("data", "skipped")
+CHECKPOINTS = "checkpoints"
 ALL_LANGUAGES = "all"
 # Long free text (answers) is rarely repeated: a dictionary page would only be built and thrown away.
 DICTIONARY_MAX_AVERAGE_BYTES = 256
@@ -296,7 +299,11 @@ class Version:
         fs = self.storage.fs
         fs.invalidate_cache(self.path)
         before = self._json(f"{self.path}/{STARTED}")
-        earlier = [f"{self.path}/{part}" for part in ("index", *PARTS, "files") if fs.exists(f"{self.path}/{part}")]
+        earlier = [
+            f"{self.path}/{part}"
+            for part in ("index", *PARTS, "files", CHECKPOINTS)
+            if fs.exists(f"{self.path}/{part}")
+        ]
         if before != made_from and earlier:
             log.warning(
                 "%s: its finished work was made from other data than its inputs (%s) hold now; discarding it and starting over",

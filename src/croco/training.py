@@ -9,9 +9,13 @@ TRL does the training; this module only wires the paper's settings into it:
 - checkpoints every `save_steps`: a killed run resumes from the newest whole one (marked once
   transformers' save returned; a save cut short is removed); Version.start drops a work folder made
   from other pairs;
-- training runs in a local work folder keyed by the version (checkpoints stay there until
-  the adapter is saved); the version's files/ then receive the adapter with its tokenizer,
-  the resolved config, the metrics history and PNG plots;
+- training runs in a local work folder keyed by the version; each whole checkpoint is also copied
+  into the version's checkpoints/ on the storage root (the newest only), so a job requeued on
+  another node, whose work folder is empty, resumes from it instead of step 0 (on S3 as on a shared
+  file system: one code path, and a LoRA checkpoint is small); the version's files/ then receive
+  the adapter with its tokenizer, the resolved config, the metrics history and PNG plots;
+- under `accelerate launch` (croco.distributed) every process trains; the main one alone copies
+  checkpoints, saves, uploads and commits, the others end with the training;
 - an adapter that training left at its initialisation (too few optimizer steps for the
   warm-up) is reported as a warning, in the log, the manifest and the report.
 """
@@ -29,17 +33,18 @@ import datasets
 import torch
 import yaml
 
+from croco import distributed
 from croco.config import CrocoConfig, ModelConfig, TrainingConfig
 from croco.models import encode_chat, load_model, load_tokenizer, model_identity, pick_device, precision
 from croco.records import DPO, SFT
 from croco.redaction import redact_value
-from croco.storage import Version
+from croco.storage import CHECKPOINTS, Version
 
 log = logging.getLogger("croco")
 
-EXECUTION = {"enabled", "save_steps"}  # training settings that never change the adapter (left out of the key)
+# Training settings that never change the adapter (left out of the key); see croco.distributed for `distributed`.
+EXECUTION = {"enabled", "save_steps", "distributed"}
 ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 WHOLE_MARKER = "croco-whole"  # written into a checkpoint once transformers has saved all of it
 
@@ -103,18 +108,20 @@ def lora(settings: TrainingConfig):
 
 
 def arguments(
-    settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool
+    settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool, accumulation: int
 ) -> dict[str, Any]:
-    """TrainingArguments shared by SFTConfig and DPOConfig."""
+    """TrainingArguments shared by SFTConfig and DPOConfig; `accumulation` is each process's share."""
     gpu = device.type == "cuda"
     return {
-        "output_dir": str(folder / CHECKPOINT_DIR),
+        "output_dir": str(folder / CHECKPOINTS),
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler,
         "max_length": settings.max_length,
         "per_device_train_batch_size": settings.batch_size,
         "per_device_eval_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": settings.gradient_accumulation,
+        "gradient_accumulation_steps": accumulation,
+        # Every LoRA weight takes part in every step; DDP's search for unused ones breaks gradient checkpointing.
+        "ddp_find_unused_parameters": False,
         "warmup_steps": settings.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
         "weight_decay": settings.weight_decay,
         "num_train_epochs": settings.epochs,
@@ -145,23 +152,28 @@ def fit(
 ) -> dict[str, Any]:
     """Everything an SFT or DPO stage does around its TRL trainer; the report for its manifest."""
     folder = out.work_folder()  # checkpoints and outputs before upload
-    (folder / "config.yaml").write_text(
-        yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True)
-    )
+    spread = distributed.report(settings, out.relative.split("/", 1)[0])
     tokenizer = load_tokenizer(base_model(cfg), padding_side="right")
     dataset = examples(pairs, product)
     dataset, dropped = drop_long_prompts(dataset, tokenizer, settings.max_prompt_length, prompt_of)
     train, held_out = hold_out(dataset.select_columns(columns), settings.eval_fraction, cfg.seed)
-    device = pick_device("auto")
+    device = distributed.local_device(pick_device("auto"))
     trainer = make_trainer(
         model=load_base(cfg, device),
-        arguments=arguments(settings, folder, cfg.seed, device, held_out is not None),
+        arguments=arguments(
+            settings, folder, cfg.seed, device, held_out is not None, spread["gradient_accumulation_per_device"]
+        ),
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=lora(settings),
     )
-    trained = train_and_save(trainer, tokenizer, folder, plots)
+    trained = train_and_save(trainer, folder, plots, out)
+    if not trainer.accelerator.is_main_process:
+        raise SystemExit(0)  # this process's part of the unit was the training: one writer per version
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(redact_value(cfg.model_dump()), sort_keys=False, allow_unicode=True)
+    )
     for warning in trained["warnings"]:
         log.warning("%s: %s", out.relative, warning)
     return {
@@ -169,6 +181,7 @@ def fit(
         "records_out": len(train),
         "held_out": len(held_out) if held_out is not None else 0,
         "skipped": {"prompt_too_long": dropped} if dropped else {},
+        "distributed": spread,
         **trained,
     } | upload(folder, out)
 
@@ -195,29 +208,96 @@ def last_whole_checkpoint(checkpoints: Path) -> str | None:
     return get_last_checkpoint(str(checkpoints))
 
 
-def mark_whole_checkpoints():
-    """A callback that marks each checkpoint whole; transformers calls on_save after the whole save returned."""
+def step_of(checkpoint: str) -> int:
+    return int(checkpoint.rsplit("-", 1)[1])
+
+
+def stored_checkpoint(out: Version) -> str | None:
+    """The version's copy of its newest whole checkpoint on the storage root (its marker is copied last)."""
+    fs = out.storage.fs
+    fs.invalidate_cache(f"{out.path}/{CHECKPOINTS}")
+    markers = fs.glob(f"{out.path}/{CHECKPOINTS}/checkpoint-*/{WHOLE_MARKER}")
+    return max((marker.rsplit("/", 1)[0] for marker in markers), key=step_of, default=None)
+
+
+def store_checkpoint(checkpoint: Path, out: Version) -> None:
+    """Copy a whole checkpoint into the version's checkpoints/, its marker last, then drop the older copies there."""
+    folder = f"{out.path}/{CHECKPOINTS}"
+    for file in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != WHOLE_MARKER):
+        out.storage.put(f"{folder}/{checkpoint.name}/{file.relative_to(checkpoint).as_posix()}", file.read_bytes())
+    out.storage.put(f"{folder}/{checkpoint.name}/{WHOLE_MARKER}", b"")
+    remove_stored_checkpoints(out, keep=checkpoint.name)
+
+
+def stored_files(out: Version) -> list[str]:
+    """Every file under the version's checkpoints/. Files, not folders: on a versioned bucket s3fs still lists a
+    folder whose files were all deleted (and fails to remove it)."""
+    folder = f"{out.path}/{CHECKPOINTS}"
+    out.storage.fs.invalidate_cache(folder)
+    return [path for path in out.storage.fs.find(folder) if path.startswith(f"{folder}/")]
+
+
+def remove_stored_checkpoints(out: Version, keep: str | None = None) -> None:
+    folder = f"{out.path}/{CHECKPOINTS}"
+    for name in sorted({path[len(folder) + 1 :].split("/", 1)[0] for path in stored_files(out)} - {keep}):
+        out.storage.fs.rm(f"{folder}/{name}", recursive=True)
+
+
+def fetch_newer_checkpoint(out: Version, checkpoints: Path, local: str | None) -> None:
+    """A job requeued on another node starts with an empty work folder: bring the version's stored checkpoint when
+    it is newer than this node's newest whole one."""
+    stored = stored_checkpoint(out)
+    if stored is None or (local is not None and step_of(local) >= step_of(stored)):
+        return
+    target = checkpoints / stored.rsplit("/", 1)[1]
+    partial = checkpoints / f".{target.name}.partial"  # outside transformers' checkpoint-* pattern until whole
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    out.storage.fs.get(f"{stored}/", f"{partial}/", recursive=True)
+    partial.rename(target)
+    log.info("%s: fetched %s from %s", out.relative, target.name, out.storage.uri_of(stored))
+
+
+def keep_whole_checkpoints(out: Version, accelerator):
+    """A callback that marks each checkpoint whole and copies it into the version; transformers calls on_save in
+    every process once its own part of the save has returned, so the processes wait for each other first."""
     from transformers import TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    class MarkWhole(TrainerCallback):
+    class KeepWhole(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / WHOLE_MARKER).touch()
+            accelerator.wait_for_everyone()
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if accelerator.is_local_main_process:
+                (checkpoint / WHOLE_MARKER).touch()
+            if accelerator.is_main_process:
+                store_checkpoint(checkpoint, out)
 
-    return MarkWhole()
+    return KeepWhole()
 
 
-def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> dict[str, Any]:
-    """Train (resuming from the last whole checkpoint if a run was killed), then save adapter, metrics and plots."""
-    checkpoints = folder / CHECKPOINT_DIR
-    last = last_whole_checkpoint(checkpoints)
+def train_and_save(trainer, folder: Path, plots: dict[str, str], out: Version) -> dict[str, Any]:
+    """Train, resuming from the newest whole checkpoint (this node's, or the one stored in the version), then save
+    the adapter, metrics and plots. Every process trains and takes part in saving the adapter (ZeRO-3 gathers it);
+    the rest is the main process's, and only its return value counts."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    accelerator = trainer.accelerator
+    checkpoints = folder / CHECKPOINTS
+    if accelerator.is_local_main_process:
+        fetch_newer_checkpoint(out, checkpoints, last_whole_checkpoint(checkpoints))
+    accelerator.wait_for_everyone()
+    last = last_whole_checkpoint(checkpoints)  # nothing is cut short any more: each process only finds it
     if last:
-        log.info("%s: resuming from %s", folder.name, last)
-    trainer.add_callback(mark_whole_checkpoints())
+        log.info("%s: resuming from %s", out.relative, last)
+    trainer.add_callback(keep_whole_checkpoints(out, accelerator))
     trainer.train(resume_from_checkpoint=last)
-    trainer.model.save_pretrained(folder / ADAPTER_DIR)
-    tokenizer.save_pretrained(folder / ADAPTER_DIR)
+    trainer.save_model(str(folder / ADAPTER_DIR))  # the adapter and its tokenizer
+    if not accelerator.is_main_process:
+        return {}
+    (folder / ADAPTER_DIR / TRAINING_ARGS_NAME).unlink()  # a pickle of the arguments; config.yaml says the same
     shutil.rmtree(checkpoints, ignore_errors=True)  # only needed to resume; the adapter above is the result
+    remove_stored_checkpoints(out)
     history = trainer.state.log_history
     (folder / METRICS_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in history))
     drawn = plot_metrics(history, plots, folder)
@@ -230,14 +310,18 @@ def train_and_save(trainer, tokenizer, folder: Path, plots: dict[str, str]) -> d
             ({k: v for k, v in e.items() if k.startswith("eval_")} for e in reversed(history) if "eval_loss" in e), {}
         ),
         "plots": drawn,
-        "warnings": untrained_warnings(trainer),
+        "warnings": untrained_warnings(trainer, folder / ADAPTER_DIR),
     }
 
 
-def untrained_warnings(trainer) -> list[str]:
+def untrained_warnings(trainer, adapter: Path) -> list[str]:
     """PEFT starts every LoRA B matrix at zero, so an adapter changes nothing until an update with a learning rate
-    above 0 moves one; with few examples all optimizer steps can fall in the warm-up, where it is 0."""
-    if any(p.any() for name, p in trainer.model.named_parameters() if "lora_B" in name):
+    above 0 moves one; with few examples all optimizer steps can fall in the warm-up, where it is 0. The saved
+    adapter is read: under ZeRO-3 a process holds only its shard of the weights."""
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    if any(tensor.any() for name, tensor in weights.items() if "lora_B" in name):
         return []
     steps, warmup = trainer.state.global_step, trainer.args.get_warmup_steps(trainer.state.max_steps)
     return [

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
 from croco.cli import main
 from croco.records import DPO
+from croco.training import stored_files
 
 
 @pytest.fixture
@@ -79,11 +80,11 @@ def test_tuning_another_model_is_flagged_off_policy(tmp_path, tiny_models, promp
     assert settings["off_policy"] is True and settings["base"]["location"]["path"] == str(other)
 
 
-def resumable_dpo(tmp_path, tiny_models, prompts):
+def resumable_dpo(tmp_path, tiny_models, prompts, root=None):
     """A config that checkpoints DPO every 2 steps, one step per pair, no retries (a crash ends the run, as a killed
     process would); its pairs are computed."""
     cfg = make_config(
-        tmp_path / "store",
+        root or tmp_path / "store",
         tiny_models,
         [{"path": str(prompts)}],
         sft={"enabled": False},
@@ -124,6 +125,26 @@ def test_a_crashed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_
     manifest = out.manifest()
     assert manifest["resumed_from"].endswith("checkpoint-2")
     assert manifest["steps"] == manifest["records_out"]  # batch 1, no accumulation: one step per pair, none lost
+
+
+@pytest.mark.parametrize("root", ["shared folder", "s3"])
+def test_a_training_unit_requeued_on_another_node_resumes_from_the_checkpoint_on_the_storage_root(
+    tmp_path, tiny_models, prompts, monkeypatch, request, root
+):
+    if root == "s3":
+        for name, value in request.getfixturevalue("s3_server").items():
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CROCO_CACHE", str(tmp_path / "node-a"))  # where the local work folder lives
+    cfg = resumable_dpo(tmp_path, tiny_models, prompts, f"s3://croco/{tmp_path.name}" if root == "s3" else None)
+    out = crash_after_the_first_checkpoint(cfg, monkeypatch)
+    assert {path.split("/checkpoints/")[1].split("/")[0] for path in stored_files(out)} == {"checkpoint-2"}
+
+    monkeypatch.setenv("CROCO_CACHE", str(tmp_path / "node-b"))  # another node: an empty work folder, the same root
+    assert not (out.work_folder() / "checkpoints").exists()
+    run(cfg, stages=["dpo"])
+    manifest = out.manifest()
+    assert manifest["resumed_from"].endswith("checkpoint-2") and manifest["steps"] == manifest["records_out"]
+    assert stored_files(out) == []  # gone once the adapter is committed
 
 
 # A DPO run whose second checkpoint save stops half way (model and optimizer written, RNG and trainer state not) and
