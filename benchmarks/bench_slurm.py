@@ -8,7 +8,7 @@ whole seconds). Goal: at most the poll interval in effect when the job ended, pl
 (b) Scheduler calls with --pending held jobs (sbatch --hold) waited on by one thread each for --window seconds.
 Goal: at most 2 calls per tick, whatever the number of jobs.
 
-Measured here (2026-12-05, one run, 2 shared cores): (a) overhead 1.1 s for 2 s and 30 s jobs, 6.1 s for a 10 s
+Measured here (2026-12-05, two runs, 2 shared cores): (a) overhead 1.1 s for 2 s and 30 s jobs, 5.1-6.1 s for a 10 s
 job that ended inside an 8 s back-off interval (goal 10 s), 1.1 s for 2 s and 10 s jobs at a fixed 1 s interval;
 (b) 50 pending jobs for 60 s: 7 calls in 7 ticks with the default back-off, 61 calls in 61 ticks at a fixed 1 s
 (1.00 call per tick: pending jobs need no sacct).
@@ -17,13 +17,12 @@ job that ended inside an 8 s back-off interval (goal 10 s), 1.1 s for 2 s and 10
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from croco.execution.slurm import JobWatcher, cancel, submit
+from croco.execution.slurm import JobWatcher, accounting_field, cancel, submit
 
 
 class TimedWatcher(JobWatcher):
@@ -45,7 +44,7 @@ def overhead(folder: Path, seconds: int, watcher: TimedWatcher) -> None:
     job_id = submit(script, export={})
     [status] = watcher.wait(job_id, timeout_s=600)
     wall = time.monotonic() - began
-    run_time = int(sacct(job_id, "ElapsedRaw"))
+    run_time = int(accounting_field(job_id, "ElapsedRaw"))
     ticks = watcher.tick_times
     interval = ticks[-1] - ticks[-2] if len(ticks) > 1 else 0.0
     print(
@@ -78,17 +77,6 @@ def wait_until_timeout(watcher: JobWatcher, job_id: str, window: float) -> None:
         watcher.wait(job_id, timeout_s=window)
     except TimeoutError:
         pass
-
-
-def sacct(job_id: str, field: str) -> str:
-    for _ in range(60):  # some fields reach the accounting database seconds after the job has ended
-        value = subprocess.run(
-            ["sacct", "-X", "-P", "-n", "-j", job_id, "-o", field], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise RuntimeError(f"sacct has no {field} for job {job_id}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from croco.errors import CrocoError
-from croco.execution.slurm import JobStatus, JobWatcher, cancel, expand_array_id, submit
+from croco.execution.slurm import JobStatus, JobWatcher, accounting_field, cancel, expand_array_id, submit
 
 pytestmark = pytest.mark.slurm
 
@@ -21,24 +21,12 @@ def job_script(folder: Path, body: str) -> Path:
     return script
 
 
-def sacct_field(job_id: str, field: str) -> str:
-    """The field once the accounting database has it (some reach it seconds after the job has ended)."""
-    for _ in range(60):
-        value = subprocess.run(
-            ["sacct", "-X", "-P", "-n", "-j", job_id, "-o", field], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"sacct has no {field} for job {job_id} after 30 s")
-
-
 def test_cluster_gives_a_gpu_job_its_fake_gpus(slurm_cluster: str, tmp_path: Path):
     script = job_script(tmp_path, 'echo "$CUDA_VISIBLE_DEVICES $ROCR_VISIBLE_DEVICES" > "$OUT"')
     job_id = submit(script, export={"OUT": str(tmp_path / "gpus.txt")}, extra_args=["--gres=gpu:2"])
     assert JobWatcher(min_interval_s=0.2).wait(job_id, timeout_s=60) == [JobStatus(job_id, "COMPLETED", "0:0")]
     assert (tmp_path / "gpus.txt").read_text().split() == ["0,1", "0,1"]
-    assert "gres/gpu=2" in sacct_field(job_id, "AllocTRES")
+    assert "gres/gpu=2" in accounting_field(job_id, "AllocTRES")
 
 
 def test_submit_and_wait_until_completed(slurm_cluster: str, tmp_path: Path):
@@ -90,7 +78,7 @@ def test_the_job_gets_exactly_the_named_variables_and_no_value_on_a_command_line
     job_env = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines() if "=" in line)
     assert job_env["CROCO_TEST_NAMED"] == secret and job_env["CROCO_TEST_OTHER"] == "two words"
     assert "CROCO_TEST_NOT_NAMED" not in job_env
-    submit_line = sacct_field(job_id, "SubmitLine")  # sbatch's own argv, as SLURM recorded it
+    submit_line = accounting_field(job_id, "SubmitLine")  # sbatch's own argv, as SLURM recorded it
     assert "--export=CROCO_TEST_NAMED,CROCO_TEST_OTHER " in submit_line and secret not in submit_line
 
 

@@ -81,6 +81,19 @@ def cancel(job_ids: Iterable[str]) -> None:
             raise SlurmError(f"scancel {' '.join(ids)} failed: {_last_line(result.stderr)}.")
 
 
+def accounting_field(job_id: str, column: str, wait_s: float = 30.0) -> str:
+    """One sacct column of the job (e.g. ElapsedRaw, SubmitLine), waiting up to wait_s for the accounting database
+    to have it: some fields reach it seconds after the job has ended. "" if it never does."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = _run(["sacct", "-X", "-P", "-n", "-j", job_id, "-o", column])
+        if result.returncode != 0:
+            raise SlurmError(f"sacct failed for job {job_id}: {_last_line(result.stderr)}.")
+        if result.stdout.strip() or time.monotonic() > deadline:
+            return result.stdout.strip()
+        time.sleep(0.5)
+
+
 class JobWatcher:
     """Waits on SLURM jobs for any number of threads with one polling thread: each tick runs one `squeue` for
     all watched jobs, then one `sacct` for those no longer queued; the interval doubles from min to max while
