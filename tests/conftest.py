@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -298,3 +299,48 @@ def s3_server(tmp_path_factory):
         log,
     ):
         yield environment(port)
+
+
+SLURM_SESSIONS = Path("/tmp/croco-slurm-test-sessions")  # one file per live test session using the test cluster
+
+
+def slurm_running() -> bool:
+    return bool(shutil.which("scontrol")) and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The one-node SLURM test cluster (infra/slurm/setup-test-cluster.sh, idempotent, run as root); yields its
+    default partition. At the end it is stopped only if this session started it and no other live test session
+    (another engineer's, a parallel run) still uses it. Skips where it cannot be set up: not root, or no packages."""
+    already_up = slurm_running()
+    if os.geteuid() == 0:
+        setup = subprocess.run(
+            ["bash", str(REPO / "infra" / "slurm" / "setup-test-cluster.sh")], capture_output=True, text=True
+        )
+        if setup.returncode == 2:
+            pytest.skip(f"No SLURM test cluster on this machine: {setup.stderr.strip().splitlines()[-1]}")
+        assert setup.returncode == 0, f"infra/slurm/setup-test-cluster.sh failed: {setup.stderr[-2000:]}"
+    elif not already_up:
+        pytest.skip("The SLURM tests need root to start the test cluster (infra/slurm/setup-test-cluster.sh).")
+    SLURM_SESSIONS.mkdir(exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        SLURM_SESSIONS.chmod(0o1777)
+    mine = SLURM_SESSIONS / str(os.getpid())
+    mine.touch()
+    try:
+        yield "debug"
+    finally:
+        mine.unlink()
+        if not already_up and not any(pid_alive(int(other.name)) for other in SLURM_SESSIONS.iterdir()):
+            subprocess.run(["bash", str(REPO / "infra" / "slurm" / "teardown-test-cluster.sh")], capture_output=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
