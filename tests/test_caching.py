@@ -1,10 +1,5 @@
-"""The stage task wrapper: retries from the config, none for bad input, locks of dead processes released, repairs
+"""The stage task wrapper: retries from the config, none for bad input, repairs
 under the lock, and inputs that must stay what they were while a unit reads them."""
-
-import json
-import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pytest
@@ -14,7 +9,6 @@ from conftest import make_config
 from croco.caching import (
     UNIT_CACHE,
     InputChanged,
-    ReleasingLockManager,
     record_key,
     result_storage,
     stage_task,
@@ -56,35 +50,6 @@ def test_failures_are_retried_as_configured_but_bad_input_is_not(tmp_path, tiny_
     with pytest.raises(CrocoError, match="a bad record"):
         attempt("da")
     assert calls.count("da") == 1
-
-
-def test_a_lock_whose_process_died_is_free_and_a_live_one_is_not(tmp_path):
-    manager = ReleasingLockManager(tmp_path / "locks")
-    assert manager.acquire_lock("generate-en-k", holder="me")
-    assert (
-        manager.is_locked("generate-en-k")
-        and json.loads((tmp_path / "locks" / "generate-en-k.lock").read_text())["pid"] == os.getpid()
-    )
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
-    path = tmp_path / "locks" / "score-en-k.lock"
-    path.write_text(
-        json.dumps({"holder": "someone", "expiration": None, "host": os.uname().nodename, "pid": int(dead)})
-    )
-    other = ReleasingLockManager(tmp_path / "locks")
-    assert not other.is_locked("score-en-k") and not path.exists()
-    assert other.acquire_lock("score-en-k", holder="me-too", acquire_timeout=5)
-
-
-def test_a_lock_never_tagged_with_its_holder_is_released_after_a_minute(tmp_path):
-    path = tmp_path / "locks" / "generate-da-k.lock"
-    path.parent.mkdir()
-    path.write_text(json.dumps({"holder": "someone", "expiration": None}))
-    manager = ReleasingLockManager(tmp_path / "locks")
-    assert manager.is_locked("generate-da-k")  # just taken: its holder is about to tag it
-    os.utime(path, (path.stat().st_atime - 120, path.stat().st_mtime - 120))
-    assert not manager.is_locked("generate-da-k") and not path.exists()
 
 
 def samples(response: str, *ids: int) -> pa.Table:
@@ -169,7 +134,7 @@ def test_the_cache_key_changes_no_version_and_the_repair_happens_under_the_units
         Version,
         "discard",
         lambda self, reason: (
-            locked_while.append(UNIT_CACHE.lock_manager.is_locked(record_key(unit))),
+            locked_while.append(task.cache_policy.lock_manager.is_locked(record_key(unit))),
             real_discard(self, reason),
         ),
     )

@@ -9,15 +9,13 @@ from the shards that are still good. The cache records live beside the versions
 (`<root>/_prefect/`) for a local root, so every storage root has its own.
 
 Two flow runs of one config never compute one key twice: the policy is SERIALIZABLE, so the
-second waits on the first's lock and then finds its record. A lock left by a killed process
-is released when its holder is found dead.
+second waits on the first's lock and then finds its record. The locks are leases in the storage root
+(croco.leases): a lock left by a killed process is free once its lease expires, on any machine.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -27,74 +25,23 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.tasks import exponential_backoff
 
 from croco.config import CrocoConfig
 from croco.embedded import cache_dir
 from croco.errors import CrocoError
 from croco.fileio import stable_hash
+from croco.leases import LeaseLockManager
 from croco.plan import Unit, library_versions
 from croco.storage import Storage, Version, storage_of
 
 log = logging.getLogger("croco")
 
 RECORDS = "_prefect"  # cache records under the storage root
-UNTAGGED_LOCK_S = 60
 
 
 def record_key(unit: Unit) -> str:
     return f"{unit.stage}-{unit.language}-{unit.key}"
-
-
-class ReleasingLockManager(FileSystemLockManager):
-    """Prefect's file locks, plus the holding process: a lock whose process on this host has died is free,
-    so a `kill -9` during a task does not block every later run of that unit (Prefect's locks never expire)."""
-
-    def acquire_lock(
-        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
-    ) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
-        if acquired:
-            path = self._lock_path_for_key(key)
-            info = json.loads(Path(path).read_text())
-            Path(path).write_text(json.dumps({**info, "host": socket.gethostname(), "pid": os.getpid()}))
-        return acquired
-
-    def is_locked(self, key: str, use_cache: bool = False) -> bool:
-        path = self._lock_path_for_key(key)
-        try:
-            info = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            return False
-        except ValueError:  # the holder has created the file but not written it yet
-            return True
-        if _abandoned(info, Path(path)):
-            Path(path).unlink(missing_ok=True)
-            self._locks.pop(key, None)
-            return False
-        return super().is_locked(key, use_cache=use_cache)
-
-
-def _abandoned(info: dict, path: Path) -> bool:
-    """Held by a process of this host that has died, or never tagged with its holder's pid (the holder died
-    between taking the lock and tagging it, which takes microseconds)."""
-    if "pid" not in info:
-        try:
-            return time.time() - path.stat().st_mtime > UNTAGGED_LOCK_S
-        except FileNotFoundError:  # released meanwhile
-            return False
-    return info.get("host") == socket.gethostname() and not _alive(info["pid"])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class InputChanged(Exception):
@@ -116,9 +63,8 @@ class UnitCachePolicy(CachePolicy):
         return record_key(unit)
 
 
-UNIT_CACHE = UnitCachePolicy().configure(
-    isolation_level="SERIALIZABLE", lock_manager=ReleasingLockManager(cache_dir() / "locks")
-)
+# The lock manager is per storage root: `with_execution` adds it.
+UNIT_CACHE = UnitCachePolicy().configure(isolation_level="SERIALIZABLE")
 
 
 def result_storage(storage: Storage) -> Path:
@@ -235,13 +181,14 @@ def reference(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_execution(task_, cfg: CrocoConfig, storage: Storage):
-    """The task with this config's retries and this storage root's cache records."""
+    """The task with this config's retries, and this storage root's cache records and unit leases."""
     retry = cfg.retries.get(task_.name, cfg.retries.get("default"))
     delays = exponential_backoff(backoff_factor=retry.delay_s)(retry.attempts) if retry and retry.attempts else 0
     return task_.with_options(
         retries=retry.attempts if retry else 0,
         retry_delay_seconds=delays,
         result_storage=result_storage(storage),
+        cache_policy=UNIT_CACHE.configure(lock_manager=LeaseLockManager(storage)),
     )
 
 

@@ -8,10 +8,12 @@ demonstration reward model built from it by `croco.demo_reward`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -66,16 +68,28 @@ def resolve_model(path: str) -> str:
 
 
 def materialize(name: str, build: Callable[[Path], None]) -> Path:
-    """Build a cache entry once: into a temporary folder, renamed into place when complete."""
+    """Build a cache entry once: into a temporary folder of this build's own (two threads or processes may build
+    at once), renamed into place when complete. A complete entry is never replaced, so a reader never sees one
+    half-replaced: a later builder keeps the first one's; an incomplete one (a build from an older croco cut
+    short) is first renamed aside, then removed."""
     final = cache_dir() / name
     if (final / "config.json").exists():
         return final
-    tmp = final.with_name(f"{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = final.with_name(f"{name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
-    build(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    try:
+        build(tmp)
+        if final.exists() and not (final / "config.json").exists():
+            aside = final.with_name(f"{name}.old-{uuid.uuid4().hex[:8]}")
+            with contextlib.suppress(FileNotFoundError):  # another builder moved it first
+                final.rename(aside)
+                shutil.rmtree(aside)
+        tmp.rename(final)
+    except OSError:
+        if not (final / "config.json").exists():  # not another builder's complete entry: a real error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

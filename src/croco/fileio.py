@@ -6,6 +6,8 @@ import codecs
 import hashlib
 import json
 import os
+import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,9 +55,19 @@ def file_sha256(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two writers never share it
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # one per write: two threads never share it
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+_MEMO_GUARD = threading.Lock()  # units running in threads read and rewrite one memo file
+
+
+def _read_memo(memo_path: Path) -> dict[str, str]:
+    try:
+        return json.loads(memo_path.read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def folder_sha256(folder: Path) -> str:
@@ -64,7 +76,9 @@ def folder_sha256(folder: Path) -> str:
     from croco.embedded import cache_dir
 
     memo_path = cache_dir() / "file-hashes.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    with _MEMO_GUARD:
+        memo = _read_memo(memo_path)
+    found = {}
     parts = []
     for path in sorted(
         p
@@ -74,8 +88,10 @@ def folder_sha256(folder: Path) -> str:
         stat = path.stat()
         stamp = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if stamp not in memo:
-            memo[stamp] = file_sha256(path)
+            found[stamp] = memo[stamp] = file_sha256(path)
         parts.append([path.relative_to(folder).as_posix(), memo[stamp]])
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(memo_path, json.dumps(memo).encode())
+    if found:  # added to the memo as it is now: what another thread or process added meanwhile stays
+        with _MEMO_GUARD:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(memo_path, json.dumps({**_read_memo(memo_path), **found}).encode())
     return stable_hash(parts)

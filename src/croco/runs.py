@@ -29,6 +29,11 @@ HEARTBEAT_S = 60.0
 LEASE_HEARTBEATS = 3  # a heartbeat or two may be late (a slow store, a busy machine); three missed is a dead run
 
 
+def heartbeat_s() -> float:
+    """How often a live run, or a held unit lease (croco.leases), proves it is alive: CROCO_HEARTBEAT_S seconds."""
+    return float(os.environ.get("CROCO_HEARTBEAT_S", HEARTBEAT_S))
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -84,7 +89,7 @@ class LiveRun:
     finishes; leaving the `with` block without `finish` (an error, an interrupt) records the run as failed."""
 
     def __init__(self, storage: Storage, record: dict[str, Any]):
-        interval = float(os.environ.get("CROCO_HEARTBEAT_S", HEARTBEAT_S))
+        interval = heartbeat_s()
         self.storage, self.interval = storage, interval
         self.record = {**record, "status": "running", "lease_s": LEASE_HEARTBEATS * interval}
         self._lock, self._finished = threading.Lock(), threading.Event()

@@ -510,13 +510,14 @@ class Version:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-            self.storage.fs.get(f"{self.path}/files/{name}/", str(partial) + "/", recursive=True)
             try:
+                self.storage.fs.get(f"{self.path}/files/{name}/", str(partial) + "/", recursive=True)
                 partial.rename(target)
             except OSError:
                 if not target.exists():
                     raise
-                shutil.rmtree(partial)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)  # a failed download's, or the later of two
         return target
 
     def file_sizes(self) -> dict[str, int]:

@@ -152,8 +152,13 @@ def test_too_long_conversations_are_skipped_never_scored(scorer):
 
 
 def test_sampling_adds_no_top_k_of_its_own():
-    assert sampling_arguments(params())["top_k"] == 0  # 0 disables transformers' default top_k=50
-    assert sampling_arguments(SamplingParams(1, 5, 0.0, 1.0, 0)) == {"do_sample": False}
+    import torch
+
+    generator = torch.Generator()
+    processors = sampling_arguments(SamplingParams(1, 5, 0.7, 0.9, 0), generator)["logits_processor"]
+    assert [type(p).__name__ for p in processors] == ["TemperatureLogitsWarper", "TopPLogitsWarper", "SampleWith"]
+    assert [type(p).__name__ for p in sampling_arguments(params(), generator)["logits_processor"]] == ["SampleWith"]
+    assert sampling_arguments(SamplingParams(1, 5, 0.0, 1.0, 0), generator) == {"do_sample": False}
 
 
 def test_a_model_without_chat_template_is_refused_by_name(tiny_models, tmp_path):

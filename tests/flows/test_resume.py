@@ -48,7 +48,9 @@ class Run:
         )
 
     def finish(self, timeout=600) -> str:
-        code = self.process.wait(timeout=timeout)  # a lock left by a killed run must not block a rerun
+        code = self.process.wait(
+            timeout=timeout
+        )  # a lock left by a killed run blocks a rerun only until its lease expires
         self.ended = time.time()
         self.err.seek(0)
         assert code == 0, self.err.read()[-3000:]
@@ -61,7 +63,10 @@ def sorted_rows(cfg, stage, schema, columns):
     return read(cfg, stage, schema, [*key, *columns]).sort_by([(k, "ascending") for k in key])
 
 
-def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(config_of, prefect_server, tmp_path):
+def test_sigkill_during_generate_then_rerun_matches_an_uninterrupted_run(
+    config_of, prefect_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CROCO_HEARTBEAT_S", "1")  # the killed run's unit leases expire 3 s after its last heartbeat
     killed_cfg, killed_path = config_of("killed")
     generate_en = version(killed_cfg, "generate/en")
     killed = Run(["-m", "croco.cli", "run", str(killed_path)], prefect_server, tmp_path)

@@ -10,7 +10,13 @@ import math
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from croco.config import EngineConfig, ModelConfig
 from croco.engines import Completion, Messages, Progress, SamplingParams, Score
@@ -23,11 +29,28 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def sampling_arguments(params: SamplingParams) -> dict:
-    """Plain sampling as vLLM does it by default: transformers would otherwise add top_k=50 on its own."""
+def sampling_arguments(params: SamplingParams, generator: torch.Generator) -> dict:
+    """Plain sampling as vLLM does it by default (temperature and top_p; transformers would otherwise add top_k=50),
+    drawn from `generator`: torch's global generator is shared by every unit running in this process."""
     if params.temperature == 0:
         return {"do_sample": False}
-    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+    warpers = [TemperatureLogitsWarper(params.temperature)] if params.temperature != 1.0 else []
+    warpers += [TopPLogitsWarper(params.top_p)] if params.top_p < 1.0 else []
+    # generate's own sampling draws from the global generator: it picks greedily what SampleWith drew.
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([*warpers, SampleWith(generator)])}
+
+
+class SampleWith(LogitsProcessor):
+    """Draws each next token as generate's sampling does (softmax, then multinomial), from a generator of its own;
+    leaves only that token for the greedy pick. Seeded alike, it draws the same tokens as the global generator."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        chosen = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        return torch.full_like(scores, -math.inf).scatter_(1, chosen, 0.0)
 
 
 class TransformersGenerator:
@@ -52,13 +75,13 @@ class TransformersGenerator:
         # One row per (prompt, sample): rows of one prompt sit together, so batches share prompt lengths.
         rows = [(p, s) for p in range(len(prompts)) for s in range(params.num_samples)]
         results: list[list[Completion | None]] = [[None] * params.num_samples for _ in prompts]
-        torch.manual_seed(params.seed)
+        generator = torch.Generator(self.device).manual_seed(params.seed)
         for batch in _length_sorted_batches([len(encoded[p]) for p, _ in rows], self.batch_size):
             batch_rows = [rows[i] for i in batch]
             if seeds is not None:
                 # A batch samples from one random stream: seeded by its own rows, a sample depends on the prompts
                 # it is batched with, never on where the batch falls (with batch_size 1, on its prompt alone).
-                torch.manual_seed(int(stable_hash([[seeds[p], s] for p, s in batch_rows]), 16) % 2**31)
+                generator.manual_seed(int(stable_hash([[seeds[p], s] for p, s in batch_rows]), 16) % 2**31)
             inputs = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch_rows]}, return_tensors="pt").to(
                 self.device
             )
@@ -66,7 +89,7 @@ class TransformersGenerator:
                 **inputs,
                 max_new_tokens=params.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
-                **sampling_arguments(params),
+                **sampling_arguments(params, generator),
             )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
             for (p, s), tokens in zip(batch_rows, new_tokens):
