@@ -54,6 +54,12 @@ def test_the_engine_identity_names_the_dtype_vllm_runs():
     assert engine_identity(VLLM, POLICY_FP32) == {"name": "vllm", "dtype": "float32"}
 
 
+def test_a_local_judge_on_vllm_is_keyed_by_its_weights(tiny_models, tmp_path):
+    judge = {"kind": "llm", "model": {"path": tiny_models["policy"]}, "engine": VLLM.model_dump()}
+    cfg = make_config(tmp_path, tiny_models, [{"path": PREFIX + "demo-prompts"}], judge=judge)
+    assert "weights_sha256" in LLMJudge(cfg).identity()["model"]  # vLLM loads them here, as transformers does
+
+
 @pytest.fixture(scope="module")
 def vllm_generator():
     return load_generator(VLLM, POLICY_FP32)
