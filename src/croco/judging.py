@@ -95,7 +95,7 @@ class LLMJudge:
         model: ModelConfig = self.settings.model  # type: ignore[assignment]
         engine = self.settings.engine
         # On a server the weights are the server's (a hosted judge has no files here): the served name names them.
-        found = model_identity(model) if engine.name == "transformers" else model.model_dump()
+        found = model_identity(model) if engine.name != "openai" else model.model_dump()
         sampling = [self.settings.temperature, self.settings.max_new_tokens, self.settings.allow_ties, self.seed]
         return {
             "kind": "llm",

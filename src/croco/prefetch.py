@@ -32,7 +32,7 @@ def prefetch(cfg: CrocoConfig) -> None:
 
 def _hub_models(cfg: CrocoConfig) -> list[ModelConfig]:
     models = [cfg.models.policy, cfg.models.reward, *([cfg.models.base] if cfg.models.base else [])]
-    if cfg.judge.model is not None and cfg.judge.engine.name == "transformers":
+    if cfg.judge.model is not None and cfg.judge.engine.name != "openai":  # a local engine loads its weights here
         models.append(cfg.judge.model)
     models += list(cfg.evaluate.models.values())
     unique = {(m.path, m.revision): m for m in models}

@@ -68,6 +68,10 @@ def engine_identity(engine: EngineConfig, model: ModelConfig) -> dict[str, str |
     model on a server; in this process, the device class and dtype (float32 on a CPU, bfloat16 on a GPU)."""
     if engine.name == "openai":
         return {"name": engine.name, "served_model": engine.served_model}
+    if engine.name == "vllm":  # named without importing vLLM: a key is made where the engine may not be installed
+        from croco.engines.vllm_engine import vllm_dtype
+
+        return {"name": engine.name, "dtype": vllm_dtype(model)}
     from croco.models import precision  # here: croco.models loads torch
 
     return {"name": engine.name, **precision(model, engine.device)}
@@ -78,15 +82,23 @@ def load_generator(engine: EngineConfig, model: ModelConfig) -> Generator:
         from croco.engines.openai_engine import OpenAIGenerator
 
         return OpenAIGenerator(engine, model)
+    if engine.name == "vllm":
+        from croco.engines.vllm_engine import VllmGenerator
+
+        return VllmGenerator(engine, model)
     from croco.engines.transformers_engine import TransformersGenerator
 
     return TransformersGenerator(engine, model)
 
 
 def load_scorer(engine: EngineConfig, model: ModelConfig) -> RewardScorer:
+    if engine.name == "vllm":
+        from croco.engines.vllm_engine import VllmScorer
+
+        return VllmScorer(engine, model)
     if engine.name != "transformers":
         raise CrocoError(
-            f"reward models run on the transformers engine only (got engine {engine.name!r} for {model.path})"
+            f"reward models run on the transformers or vllm engine (got engine {engine.name!r} for {model.path})"
         )
     from croco.engines.transformers_engine import TransformersScorer
 
