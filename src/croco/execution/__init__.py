@@ -25,4 +25,9 @@ class Local:
 
 
 def backend_for(cfg: CrocoConfig, stage: str) -> Backend:
+    """The backend `execution` names for this stage (`execution.stages.STAGE` over the section's default)."""
+    if cfg.execution.for_stage(stage).kind == "slurm":
+        from croco.execution.slurm_backend import SlurmBackend
+
+        return SlurmBackend()
     return Local()
