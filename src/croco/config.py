@@ -428,9 +428,14 @@ class SlurmConfig(_Section):
         "it reads (no credentials are in it); default: `_jobs` in storage.root, which an s3:// root cannot be: name "
         "one on the shared scratch.",
     )
-    poll_s: float = Field(
-        5.0, gt=0, description="Seconds between two looks at the queue (one `squeue` and one `sacct` for every job)."
+    poll_min_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between two looks at the queue (one `squeue`, then one `sacct`, for all of the flow's jobs) "
+        "after a change; the interval doubles while nothing changes. One watcher serves a flow process: the section's "
+        "own value counts, not a stage's.",
     )
+    poll_max_s: float = Field(30.0, gt=0, description="The longest interval between two looks at the queue.")
 
     @field_validator("sbatch", "modules", "container", "croco")
     @classmethod
@@ -442,8 +447,8 @@ class SlurmConfig(_Section):
 
     @field_validator("env", "rename_env")
     @classmethod
-    def _variable_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
+    def _variable_names(cls, env: dict[str, str], info) -> dict[str, str]:
+        for name in [*env, *(env.values() if info.field_name == "rename_env" else [])]:
             if not re.match(SHELL_NAME, name):
                 raise ValueError(f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)")
         return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_config, prompt_record, run, save_config, version, write_jsonl
+from conftest import REPO, make_config, prompt_record, run, save_config, version, write_jsonl
 from croco.config import parse_config
 from croco.errors import CrocoError
 from croco.execution.slurm_backend import JOB_RECORD, JobFailed, job_environment, render_script
@@ -108,16 +109,23 @@ def stand_in(folder: Path, step: str = "") -> list[str]:
 
 
 def slurm_config(
-    tmp_path: Path, tiny_models, prompts_file, container: list[str], stages=("generate", "score"), limit="10:00", **more
+    tmp_path: Path,
+    tiny_models,
+    prompts_file,
+    container: list[str],
+    stages=("generate", "score"),
+    limit="10:00",
+    croco=CROCO,
+    **more,
 ):
-    slurm = {"container": container, "croco": CROCO, "env": {"HF_HUB_OFFLINE": "1"}, "time": limit}
-    return make_config(
-        tmp_path / "store",
-        tiny_models,
-        [{"path": str(prompts_file)}],
-        execution={"stages": {stage: {"kind": "slurm", "slurm": slurm} for stage in stages}},
-        **more,
-    )
+    """The shipped test-cluster profile, with `stages` as jobs under `container` and the others in the flow."""
+    slurm = {"container": container, "croco": croco, "time": limit}
+    execution = {
+        "cluster": str(REPO / "configs" / "clusters" / "local-test.yaml"),
+        "kind": "local",
+        "stages": {stage: {"kind": "slurm", "slurm": slurm} for stage in stages},
+    }
+    return make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], execution=execution, **more)
 
 
 def job_of(cfg, unit_id: str) -> dict:
@@ -288,3 +296,18 @@ def test_a_job_past_its_time_limit_is_reported_as_timeout(slurm_cluster, tmp_pat
     )
     with pytest.raises(JobFailed, match="ended TIMEOUT"):
         run(cfg, stages=["generate"])
+
+
+@pytest.mark.slurm
+def test_a_real_apptainer_or_singularity_runs_the_job(slurm_cluster, tmp_path, tiny_models, prompts_file):
+    binary = shutil.which("apptainer") or shutil.which("singularity")
+    image = os.environ.get("CROCO_TEST_IMAGE")
+    if not binary:
+        pytest.skip("neither apptainer nor singularity is on PATH (the stand-in tests cover the container prefix)")
+    if not image:
+        pytest.skip(f"{binary} is here, but CROCO_TEST_IMAGE does not name a .sif image with croco to run the job in")
+    binds = ["-B", str(tmp_path), "-B", str(Path(tiny_models["policy"]).parent), "-B", str(prompts_file.parent)]
+    container = [binary, "exec", *binds, image]
+    cfg = slurm_config(tmp_path, tiny_models, prompts_file, container, ("generate",), croco=["croco"], languages=["en"])
+    run(cfg, stages=["generate"])
+    assert version(cfg, "generate/en").manifest()["records_out"] == 6

@@ -90,7 +90,7 @@ class SlurmBackend:
         recorded = _recorded_job(version)
         if recorded:
             log.info("%s: waiting on its SLURM job %s, submitted by an earlier flow run", unit.id, recorded["job_id"])
-            statuses = _wait(recorded["job_id"])
+            statuses = _wait(cfg, recorded["job_id"])
             if version.committed():
                 return version.committed_manifest()
             log.warning(
@@ -100,7 +100,7 @@ class SlurmBackend:
                 _states(statuses),
             )
         job = _submit(cfg, unit, storage, version)
-        return _outcome(unit, version, job, _wait(job["job_id"]))
+        return _outcome(unit, version, job, _wait(cfg, job["job_id"]))
 
 
 def _job_folder(cfg: CrocoConfig, unit: Unit, storage: Storage) -> Path:
@@ -150,18 +150,21 @@ def _recorded_job(version: Version) -> dict[str, Any] | None:
 _watcher_lock = threading.Lock()
 
 
-@functools.cache
-def _watcher() -> slurm.JobWatcher:
-    return slurm.JobWatcher()
+_watchers: list[slurm.JobWatcher] = []  # one per process: it polls for all of the flow's jobs at once
 
 
-def _wait(job_id: str) -> list[slurm.JobStatus]:
+def _watcher(cfg: CrocoConfig) -> slurm.JobWatcher:
+    with _watcher_lock:
+        if not _watchers:
+            _watchers.append(slurm.JobWatcher(cfg.execution.slurm.poll_min_s, cfg.execution.slurm.poll_max_s))
+        return _watchers[0]
+
+
+def _wait(cfg: CrocoConfig, job_id: str) -> list[slurm.JobStatus]:
     """The job's final status. A flow interrupted while it waits (cancelled, Ctrl-C) cancels the job: nobody waits
     on it any more. A flow killed outright leaves it running, and its restart waits on it again."""
-    with _watcher_lock:
-        watcher = _watcher()
     try:
-        return watcher.wait(job_id)
+        return _watcher(cfg).wait(job_id)
     except BaseException as stop:
         if not isinstance(stop, Exception):  # KeyboardInterrupt, Prefect's TerminationSignal
             log.warning("cancelling SLURM job %s: the flow run waiting on it was stopped", job_id)
