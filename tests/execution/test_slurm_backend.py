@@ -83,6 +83,18 @@ def test_a_job_gets_no_prefect_settings_and_s3_credentials_only_for_an_s3_root(m
     assert job_environment(on_s3, on_s3.execution.slurm)["AWS_SECRET_ACCESS_KEY"] == "not-for-local-jobs"
 
 
+def test_croco_unit_refuses_a_key_that_is_not_the_one_its_code_computes(tmp_path, tiny_models, prompts_file, capsys):
+    from croco.cli import main
+
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}])
+    config = save_config(cfg, tmp_path / "job-config.yaml")
+    assert main(["unit", "prompts", "en", "0000000000000000", "--config", str(config)]) == 2
+    assert "differs from the flow's" in capsys.readouterr().err
+    assert not version(cfg, "prompts/en").committed()
+    assert main(["unit", "prompts", "en", version(cfg, "prompts/en").key, "--config", str(config)]) == 0
+    assert version(cfg, "prompts/en").committed()
+
+
 # On the test cluster ------------------------------------------------------------------------------------------
 
 
