@@ -218,3 +218,35 @@ def test_a_number_written_with_an_exponent_is_a_number(tmp_path):
     written = tmp_path / "c.yaml"
     written.write_text(yaml.safe_dump(minimal()) + "sft: {learning_rate: 3e-5}\n")
     assert load_config(written).sft.learning_rate == 3e-5
+
+
+CLUSTERS = sorted((REPO / "configs" / "clusters").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLUSTERS, ids=[p.name for p in CLUSTERS])
+def test_every_cluster_profile_validates_by_name(path: Path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert parse_config(minimal(execution={"cluster": path.stem})).execution.kind == "slurm"
+
+
+def test_the_run_config_and_its_stages_override_the_cluster_profile(monkeypatch):
+    monkeypatch.chdir(REPO)
+    execution = {
+        "cluster": "lumi",
+        "slurm": {"account": "project_1", "env": {"HF_HOME": "/scratch/project_1/hf"}},
+        "stages": {"prompts": {"kind": "local"}, "sft": {"slurm": {"time": "2-00:00:00"}}},
+    }
+    cfg = parse_config(minimal(execution=execution))
+    sft = cfg.execution.for_stage("sft").slurm
+    assert (sft.partition, sft.account, sft.time) == ("standard-g", "project_1", "2-00:00:00")
+    assert sft.env["HF_HOME"] == "/scratch/project_1/hf" and sft.env["TORCH_COMPILE_DISABLE"] == "1"
+    assert cfg.execution.for_stage("generate").slurm.time == "12:00:00"
+    assert cfg.execution.for_stage("prompts").kind == "local" and cfg.execution.for_stage("score").kind == "slurm"
+
+
+def test_a_missing_cluster_profile_and_an_unknown_stage_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CrocoError, match="configs/clusters/lumi.yaml does not exist"):
+        parse_config(minimal(execution={"cluster": "lumi"}))
+    with pytest.raises(CrocoError, match="execution.stages.generat"):
+        parse_config(minimal(execution={"stages": {"generat": {"kind": "slurm"}}}))

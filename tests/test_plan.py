@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import make_config
+from conftest import REPO, make_config
 from croco.plan import build_plan
 
 
@@ -30,6 +30,7 @@ def test_execution_settings_never_change_a_key(tmp_path, tiny_models, prompts_fi
         retries={"default": {"attempts": 5, "delay_s": 1}},
         sft={"save_steps": 7},
         name="another-name",
+        execution={"cluster": str(REPO / "configs/clusters/lumi.yaml"), "stages": {"prompts": {"kind": "local"}}},
     )
     assert keys(faster) == base
     served = {"name": "openai", "base_url": "http://127.0.0.1:8000/v1", "served_model": "policy"}

@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(prefetch)
     commands.add_parser("languages", help="list the language codes croco knows")
+    unit = commands.add_parser(
+        "unit",
+        help="do one unit's work against the storage root and commit its version (what a SLURM job runs)",
+        description="Do exactly one unit's work, resuming from its finished shards, and commit its version; reads "
+        "nothing from Prefect. The flow's SLURM backend writes the config and runs this in each job.",
+    )
+    unit.add_argument("stage", choices=list(STAGE_DOCS))
+    unit.add_argument("language", help="language code, or `all` for pair and training")
+    unit.add_argument("key", help="the unit's key as the flow computed it; the job checks that it computes the same")
+    unit.add_argument("--model", help="the evaluated model, for arena, judge and euroeval units")
+    unit.add_argument("--config", required=True, help="the config the flow wrote for the job")
     return parser
 
 
@@ -201,6 +212,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "pair" and args.scored:
         return _migrate(args)
+    if args.command == "unit":
+        return _unit(args)
     if args.config is None:
         raise CrocoError(f"croco {args.command} needs a CONFIG file")
     if _runs_a_flow(args) or getattr(args, "notify", False):  # what reaches Prefect, before any flow run exists
@@ -333,6 +346,26 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
     print(
         f"{verb} {len(collected.versions)} versions and {len(collected.records)} run records; kept {len(collected.kept)} versions"
     )
+    return 0
+
+
+def _unit(args: argparse.Namespace) -> int:
+    from croco.caching import run_here
+    from croco.plan import build_plan, stage_modules
+
+    cfg = load_config(args.config)
+    unit_id = "/".join(part for part in (args.stage, args.language, args.model) if part)
+    unit = build_plan(cfg, [args.stage]).by_id.get(unit_id)
+    if unit is None:
+        raise CrocoError(f"{args.config} plans no unit {unit_id}; check the stage, language and --model")
+    if unit.key != args.key:
+        raise CrocoError(
+            f"{unit_id} has key {unit.key} here but {args.key} in the flow that submitted this job: the job's croco or "
+            f"{args.stage} code (or the models and data it hashes) differs from the flow's; run the same croco on both"
+        )
+    task = next(getattr(module, module.NAME) for module in stage_modules() if module.NAME == args.stage)
+    manifest = run_here(cfg, unit, task.work)
+    log.info("%s: committed %s", unit_id, manifest["uri"])
     return 0
 
 

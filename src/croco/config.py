@@ -6,6 +6,7 @@ generated from these descriptions). Defaults are the paper's settings (docs: MET
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -399,7 +400,96 @@ class RetryConfig(_Section):
     )
 
 
-class ExecutionConfig(_Section):
+SHELL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ONE_LINE = r"^[^\n\r]*$"  # a value rendered into a job script line must not start another line
+SBATCH_VALUE = r"^[^\s'\"]+$"  # written unquoted after an #SBATCH option, which sbatch reads up to a space
+
+
+class SlurmConfig(_Section):
+    partition: str | None = Field(None, pattern=SBATCH_VALUE, description="`--partition`, e.g. `standard-g`.")
+    account: str | None = Field(None, pattern=SBATCH_VALUE, description="`--account` (the project billed).")
+    qos: str | None = Field(None, pattern=SBATCH_VALUE, description="`--qos`.")
+    nodes: int = Field(1, gt=0, description="`--nodes`.")
+    gpus_per_node: int = Field(0, ge=0, description="`--gpus-per-node`; 0 asks for none.")
+    cpus_per_task: int | None = Field(None, gt=0, description="`--cpus-per-task`.")
+    mem: str | None = Field(
+        None, pattern=r"^[0-9]+[KMGT]?$", description="`--mem` per node, e.g. `480G`; default: the partition's."
+    )
+    time: str = Field(
+        "01:00:00",
+        pattern=r"^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$",
+        description="`--time`, the job's wall-clock limit (`HH:MM:SS` or `D-HH:MM:SS`); a job past it ends as TIMEOUT "
+        "and is retried (see `retries`), resuming from its finished shards.",
+    )
+    sbatch: list[str] = Field(
+        [],
+        description="More `#SBATCH` lines, each one option as sbatch takes it, e.g. `--exclusive` or `--constraint=mi250`.",
+    )
+    env: dict[str, str] = Field(
+        {},
+        description="Variables the job gets, as literal values (no `$` expansion), e.g. HF_HOME, TORCH_HOME and "
+        "TRITON_CACHE_DIR on scratch, VLLM_USE_TRITON_FLASH_ATTN: '0'. Besides these the job gets only PATH, HOME, "
+        "USER, LANG and, for an s3:// root, the AWS_* variables of the flow's environment: never Prefect's settings.",
+    )
+    rename_env: dict[str, str] = Field(
+        {},
+        description="Variables moved to another name inside the job, e.g. `{ROCR_VISIBLE_DEVICES: HIP_VISIBLE_DEVICES}`: "
+        "SLURM sets the first on AMD nodes, software in the container reads the second (the first is unset).",
+    )
+    modules: list[str] = Field(
+        [], description="`module load` these before croco starts (the job is a login shell then)."
+    )
+    container: list[str] = Field(
+        [],
+        description="The argv prefix croco runs under in the job, e.g. `[singularity, exec, -B, /scratch/project_x, "
+        "/scratch/project_x/croco-rocm.sif]`; empty runs croco on the node directly.",
+    )
+    croco: list[str] = Field(
+        ["croco"],
+        description="How the job starts croco (inside the container, if any), e.g. `[python, -m, croco.cli]`.",
+    )
+    job_folder: str | None = Field(
+        None,
+        description="A folder the login node and the compute nodes both see, for each job's script, log and the config "
+        "it reads (no credentials are in it); default: `_jobs` in storage.root, which an s3:// root cannot be: name "
+        "one on the shared scratch.",
+    )
+    poll_min_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between two looks at the queue (one `squeue`, then one `sacct`, for all of the flow's jobs) "
+        "after a change; the interval doubles while nothing changes. One watcher serves a flow process: the section's "
+        "own value counts, not a stage's.",
+    )
+    poll_max_s: float = Field(30.0, gt=0, description="The longest interval between two looks at the queue.")
+
+    @field_validator("sbatch", "modules", "container", "croco")
+    @classmethod
+    def _one_line_each(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if re.search(r"[\n\r]", value):
+                raise ValueError(f"{value!r} spans lines; give one item per line")
+        return values
+
+    @field_validator("env", "rename_env")
+    @classmethod
+    def _variable_names(cls, env: dict[str, str], info) -> dict[str, str]:
+        for name in [*env, *(env.values() if info.field_name == "rename_env" else [])]:
+            if not re.match(SHELL_NAME, name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)")
+        return env
+
+
+class ExecutionSettings(_Section):
+    kind: Literal["local", "slurm"] = Field(
+        "local",
+        description="`local`: the unit's work runs in the flow's own process; `slurm`: each unit is a SLURM job that "
+        "croco submits and waits on, while the flow stays where it was started (a login node, a Prefect worker).",
+    )
+    slurm: SlurmConfig = Field(SlurmConfig(), description="The job a unit becomes, with `kind: slurm`.")
+
+
+class ExecutionConfig(ExecutionSettings):
     local_parallel: int = Field(
         1,
         gt=0,
@@ -407,6 +497,53 @@ class ExecutionConfig(_Section):
         "each other down. Where some stages run as cluster jobs, a Prefect tag concurrency limit per host holds the "
         "in-process units that load a model to it.",
     )
+    cluster: str | None = Field(
+        None,
+        description="A cluster profile holding the site's part of this section (partition, account, container, "
+        "caches): a name, read from `configs/clusters/NAME.yaml` in the working directory, or a path to a YAML file. "
+        "What this config's own `execution` says is merged over it.",
+    )
+    stages: dict[Literal[*STAGE_NAMES], ExecutionSettings] = Field(
+        {},
+        description="Per stage (`generate`, `sft`, ...), settings merged over the rest of this section, e.g. "
+        "`{sft: {slurm: {gpus_per_node: 8, time: '12:00:00'}}}`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_and_stages(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        if raw.get("cluster"):
+            raw = _merged(_cluster_profile(raw["cluster"]), raw)
+        default = {name: value for name, value in raw.items() if name not in ("cluster", "stages", "local_parallel")}
+        stages = raw.get("stages") or {}
+        if not isinstance(stages, dict):
+            return raw
+        return {**raw, "stages": {stage: _merged(default, over or {}) for stage, over in stages.items()}}
+
+    def for_stage(self, stage: str) -> ExecutionSettings:
+        return self.stages.get(stage, self)
+
+
+def _cluster_profile(name: str) -> dict[str, Any]:
+    path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else Path("configs/clusters") / f"{name}.yaml"
+    try:
+        profile = read_yaml(read_text(path))
+    except FileNotFoundError:
+        raise ValueError(
+            f"the cluster profile {path.resolve()} does not exist; name a file in configs/clusters/ or give a path"
+        ) from None
+    if not isinstance(profile, dict):
+        raise ValueError(f"the cluster profile {path} must hold a mapping, the keys of `execution`")
+    return profile
+
+
+def _merged(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `under`, section by section (a list or a value replaces)."""
+    result = copy.deepcopy(under)
+    _merge(result, copy.deepcopy(over))
+    return result
 
 
 class CrocoConfig(_Section):
@@ -436,6 +573,10 @@ class CrocoConfig(_Section):
     arena: ArenaConfig = ArenaConfig()
     judge: JudgeConfig = JudgeConfig()
     euroeval: EuroEvalConfig = EuroEvalConfig()
+    execution: ExecutionConfig = Field(
+        ExecutionConfig(),
+        description="Where each unit's work runs; never part of a unit's key, so moving a stage to the cluster redoes nothing.",
+    )
 
     @field_validator("retries")
     @classmethod

@@ -26,8 +26,13 @@ class Local:
 
 def runs_here(cfg: CrocoConfig, stage: str) -> bool:
     """Whether `stage`'s units run in the flow's own process."""
-    return True
+    return cfg.execution.for_stage(stage).kind == "local"
 
 
 def backend_for(cfg: CrocoConfig, stage: str) -> Backend:
+    """The backend `execution` names for this stage (`execution.stages.STAGE` over the section's default)."""
+    if not runs_here(cfg, stage):
+        from croco.execution.slurm_backend import SlurmBackend
+
+        return SlurmBackend()
     return Local()

@@ -1,0 +1,205 @@
+"""A unit as a SLURM job: the flow renders `infra/slurm/unit.sbatch`, submits it, records the job id in the unit's
+version folder, and waits; the job runs `croco unit` against the same storage root and commits the version.
+
+The job id is written before the wait, so a flow restarted after a crash finds the job still pending or running and
+waits on it instead of submitting a second one. A job that ended without a commit (its flow was gone meanwhile) is
+followed by a new job, which resumes from the shards the first one finished.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shlex
+import threading
+import time
+from collections import deque
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from croco.caching import Work, intact
+from croco.config import CrocoConfig, SlurmConfig
+from croco.errors import CrocoError
+from croco.execution import slurm
+from croco.plan import Unit
+from croco.storage import Storage, Version, storage_of
+
+log = logging.getLogger("croco")
+
+JOB_RECORD = "job.json"  # in the unit's version folder: which job is computing it
+JOBS = "_jobs"  # default job folder under a local storage root (`_` keeps it out of the versions)
+BASIC_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")  # what any program expects to find
+LOG_TAIL_LINES = 40
+USER_ERROR_EXIT = "2"  # `croco unit`'s exit status for a CrocoError: the config or the inputs, not the node
+
+
+class JobFailed(Exception):
+    """A job ended without committing for a reason a new job may not meet (time limit, node failure, preemption,
+    out of memory, a crash): Prefect retries the task, and the new job resumes from the finished shards."""
+
+
+def render_script(cfg: CrocoConfig, unit: Unit, config_path: Path) -> str:
+    """The job script of one unit: the `#SBATCH` lines from the stage's settings, then `croco unit` (under the
+    container prefix, if any) with every value shell-quoted."""
+    settings = cfg.execution.for_stage(unit.stage).slurm
+    argv = [*settings.container, *settings.croco, "unit", unit.stage, unit.language, unit.key]
+    argv += ["--model", unit.model] if unit.model else []
+    argv += ["--config", str(config_path)]
+    return _template().render(
+        slurm=settings, job_name=re.sub(r"[^A-Za-z0-9._-]", "_", f"croco-{unit.run_name}"), unit_id=unit.id, argv=argv
+    )
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    environment.filters["q"] = lambda value: shlex.quote(str(value))
+    return environment.from_string(resources.files("croco.infra").joinpath("slurm/unit.sbatch").read_text())
+
+
+def job_environment(cfg: CrocoConfig, settings: SlurmConfig) -> dict[str, str]:
+    """What the job gets (`sbatch --export`): the basics, croco's own CROCO_* settings, the API keys the config names,
+    the S3 credentials for an s3:// root, and the configured variables. No PREFECT_* variable: a job never talks to
+    the Prefect API."""
+    storage = storage_of(cfg)
+    keys = [e.api_key_env for e in (cfg.generate.engine, cfg.score.engine, cfg.arena.engine, cfg.judge.engine)]
+    keys.append(cfg.euroeval.api_key_env)
+    wanted = {*BASIC_ENV, *(k for k in keys if k)}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in wanted or name.startswith("CROCO_") or (not storage.local and name.startswith("AWS_"))
+    }
+    return {**env, **settings.env}
+
+
+class SlurmBackend:
+    def run(self, cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
+        storage = storage_of(cfg)
+        version = storage.version(unit.stage, unit.language, unit.key, writing=True)
+        done = intact(version)
+        if done is not None:
+            return done
+        recorded = _recorded_job(version)
+        if recorded:
+            log.info("%s: waiting on its SLURM job %s, submitted by an earlier flow run", unit.id, recorded["job_id"])
+            statuses = _wait(cfg, recorded["job_id"])
+            if version.committed():
+                return version.committed_manifest()
+            log.warning(
+                "%s: SLURM job %s ended %s without committing; submitting a new job, which resumes its shards",
+                unit.id,
+                recorded["job_id"],
+                _states(statuses),
+            )
+        job = _submit(cfg, unit, storage, version)
+        return _outcome(unit, version, job, _wait(cfg, job["job_id"]))
+
+
+def _job_folder(cfg: CrocoConfig, unit: Unit, storage: Storage) -> Path:
+    folder = cfg.execution.for_stage(unit.stage).slurm.job_folder
+    if folder is None:
+        if not storage.local:
+            raise CrocoError(
+                f"execution.slurm.job_folder is not set and storage.root {storage.uri} is not a shared folder; "
+                "name a folder on the cluster's shared file system for the job scripts and logs"
+            )
+        folder = f"{storage.root}/{JOBS}"
+    return Path(folder).resolve() / unit.version_path
+
+
+def _submit(cfg: CrocoConfig, unit: Unit, storage: Storage, version: Version) -> dict[str, Any]:
+    if cfg.storage.credentials_block:
+        raise CrocoError(
+            "storage.credentials_block is read from the Prefect API, which a SLURM job never reads; give the flow's "
+            "environment AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead: the job gets them"
+        )
+    settings = cfg.execution.for_stage(unit.stage).slurm
+    folder = _job_folder(cfg, unit, storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    # The config as the flow resolved it: the storage root absolute, the cluster profile already merged in.
+    job_config = cfg.model_dump(mode="json", exclude={"execution": {"cluster"}})
+    job_config["storage"]["root"] = storage.uri
+    config_path.write_text(yaml.safe_dump(job_config, sort_keys=False, allow_unicode=True))
+    script = folder / "unit.sbatch"
+    script.write_text(render_script(cfg, unit, config_path))
+    job_id = slurm.submit(
+        script, export=job_environment(cfg, settings), extra_args=["--output", str(folder / "%j.log")]
+    )
+    job = {"job_id": job_id, "log": str(folder / f"{job_id}.log"), "script": str(script), "submitted_at": time.time()}
+    storage.put(f"{version.path}/{JOB_RECORD}", json.dumps(job).encode())
+    log.info("%s: SLURM job %s submitted (log: %s)", unit.id, job_id, job["log"])
+    return job
+
+
+def _recorded_job(version: Version) -> dict[str, Any] | None:
+    try:
+        return json.loads(version.storage.fs.cat_file(f"{version.path}/{JOB_RECORD}"))
+    except FileNotFoundError:
+        return None
+
+
+_watcher_lock = threading.Lock()
+
+
+_watchers: list[slurm.JobWatcher] = []  # one per process: it polls for all of the flow's jobs at once
+
+
+def _watcher(cfg: CrocoConfig) -> slurm.JobWatcher:
+    with _watcher_lock:
+        if not _watchers:
+            _watchers.append(slurm.JobWatcher(cfg.execution.slurm.poll_min_s, cfg.execution.slurm.poll_max_s))
+        return _watchers[0]
+
+
+def _wait(cfg: CrocoConfig, job_id: str) -> list[slurm.JobStatus]:
+    """The job's final status. A flow interrupted while it waits (cancelled, Ctrl-C) cancels the job: nobody waits
+    on it any more. A flow killed outright leaves it running, and its restart waits on it again."""
+    try:
+        return _watcher(cfg).wait(job_id)
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # KeyboardInterrupt, Prefect's TerminationSignal
+            log.warning("cancelling SLURM job %s: the flow run waiting on it was stopped", job_id)
+            slurm.cancel([job_id])
+        raise
+
+
+def _states(statuses: list[slurm.JobStatus]) -> str:
+    return ", ".join(sorted({s.state for s in statuses}))
+
+
+def _outcome(unit: Unit, version: Version, job: dict[str, Any], statuses: list[slurm.JobStatus]) -> dict[str, Any]:
+    states = {s.state for s in statuses}
+    if states == {"COMPLETED"} and version.committed():
+        return version.committed_manifest()
+    job_id, tail = job["job_id"], _log_tail(Path(job["log"]))
+    if "CANCELLED" in states:
+        raise CrocoError(
+            f"{unit.id}: SLURM job {job_id} was cancelled (scancel, or an administrator); run the flow again to "
+            f"submit it again. Its log {job['log']} ends:\n{tail}"
+        )
+    if any(s.exit_code.split(":")[0] == USER_ERROR_EXIT for s in statuses if s.state == "FAILED"):
+        raise CrocoError(f"{unit.id}: SLURM job {job_id} stopped on an error in the config or its inputs:\n{tail}")
+    log.warning(
+        "%s: SLURM job %s ended %s; the end of its log %s:\n%s", unit.id, job_id, _states(statuses), job["log"], tail
+    )
+    raise JobFailed(
+        f"{unit.id}: SLURM job {job_id} ended {_states(statuses)} without committing its version; a retry submits a "
+        f"new job that resumes from the finished shards. Its log {job['log']} ends:\n{tail}"
+    )
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open(errors="replace") as handle:
+            return "".join(deque(handle, LOG_TAIL_LINES)).rstrip() or "(empty)"
+    except FileNotFoundError:
+        return f"(no log at {path}: the job never started, or the job folder is not shared with the node)"
