@@ -3,7 +3,8 @@
 The prompts come from CohereLabs/m-ArenaHard-v2.1 (one dataset configuration per language)
 or a local file in its schema. A unit is one model in one language, so retraining one adapter
 redoes only that adapter's answers. Reasoning traces (`<think>...</think>`, or a server's
-separate reasoning field) are kept apart from the answer that gets judged.
+separate reasoning field) are kept apart from the answer that gets judged. Every answer records the language
+its judged part is written in (croco.fidelity), and the manifest's `fidelity` the share in the question's language.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from croco.config import CrocoConfig
 from croco.contestants import adapter_input, arena_engine, check_served_names, contestant_names, identity, resolve
 from croco.engines import SamplingParams, load_generator
 from croco.errors import CrocoError
+from croco.fidelity import detected, fidelity
 from croco.fileio import stable_hash
 from croco.languages import LANGUAGES
 from croco.plan import Unit
@@ -29,7 +31,7 @@ from croco.storage import Version
 from croco.tasks import throughput
 
 NAME = "arena"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: answers record their language
 LOADS_MODEL = True
 ANSWERS_FILE = "answers.jsonl"  # the original code's output format
 REQUIRED = ("question_id", "prompt")
@@ -189,6 +191,9 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
         "skipped": {},
         "finish_reasons": dict(Counter(a["finish_reason"] for a in answers)),
         "throughput": throughput(new_answers, new_tokens, work_s),
+        "fidelity": fidelity(
+            unit.language, [a["detected_language"] for a in answers], [a["line_pass_rate"] for a in answers]
+        ),
     }
 
 
@@ -208,6 +213,7 @@ def _answer(generator, questions: list[dict], name: str, model, cfg: CrocoConfig
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
                 "generator": model.path + (f" + {model.adapter}" if model.adapter else ""),
+                **detected(output, question["language"]),
             }
         )
     return records

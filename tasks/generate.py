@@ -10,6 +10,9 @@ A prompt longer than fits (`prompt_token_limit`: by default the policy's context
 `max_new_tokens`, counted with the policy's tokenizer and chat template as it is sent) is
 never sent: it is written to the shard's skipped records as `prompt_too_long` and counted,
 before the model is loaded.
+
+Every sample records the language it is written in (croco.fidelity); the manifest's `fidelity` gives the share of
+samples in the prompt's language and the line-level pass rate.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.engines import SamplingParams, engine_identity, load_generator
 from croco.errors import CrocoError
+from croco.fidelity import detected, fidelity
 from croco.fileio import stable_hash
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
 from croco.models import context_length, encode_chat, load_tokenizer, model_identity
@@ -37,7 +41,7 @@ from croco.tasks import always, per_language, throughput
 log = logging.getLogger("croco")
 
 NAME = "generate"
-CODE_VERSION = "2"  # 2: prompts longer than fit are skipped (prompt_too_long)
+CODE_VERSION = "3"  # 2: prompts longer than fit are skipped (prompt_too_long); 3: samples record their language
 LOADS_MODEL = True
 PROMPT_TOO_LONG = "prompt_too_long"
 
@@ -132,7 +136,7 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
                 new_samples += len(records)
                 new_tokens += sum(r["completion_tokens"] or 0 for r in records)  # an unknown count (None) is left out
 
-    written = out.read(SAMPLE, columns=["finish_reason", "completion_tokens"])
+    written = out.read(SAMPLE, columns=["finish_reason", "completion_tokens", "detected_language", "line_pass_rate"])
     skipped_reasons = Counter(out.read(SKIPPED, columns=["reason"], skipped=True)["reason"].to_pylist())
     if not written.num_rows:
         raise CrocoError(
@@ -149,6 +153,9 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
         "finish_reasons": dict(Counter(written["finish_reason"].to_pylist())),
         "completion_tokens": int(pc.sum(written["completion_tokens"]).as_py() or 0),
         "throughput": throughput(new_samples, new_tokens, work_s),
+        "fidelity": fidelity(
+            unit.language, written["detected_language"].to_pylist(), written["line_pass_rate"].to_pylist()
+        ),
     }
 
 
@@ -196,6 +203,7 @@ def _generate_shard(generator, prompts: list[dict], cfg: CrocoConfig, seed: int,
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "policy": cfg.models.policy.path,
+            **detected(completion.text, prompt["language"]),
         }
         for prompt, original, text, samples in zip(prompts, originals, sent, completions)
         for index, completion in enumerate(samples)

@@ -8,7 +8,9 @@ Writes four training sets in TRL's conversational format, each loadable with `da
     data/part-dpo_all_languages.parquet   best vs. near-target answer per prompt across languages
 
 Only ids and rewards are held in memory for the selection; the texts of the selected
-samples are then read from the generate stage's shards.
+samples are then read from the generate stage's shards, with the language each was detected in: the manifest's
+`fidelity` gives per language the share of chosen and rejected answers in their prompt's language, and
+`pair.require_language` removes pools whose chosen (or rejected) answer is not (croco.pairing), counted in `skipped`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import pyarrow.compute as pc
 from croco.caching import stage_task
 from croco.config import CrocoConfig
 from croco.errors import CrocoError
-from croco.pairing import PRODUCTS, ScoredSamples, build_products
+from croco.pairing import PRODUCTS, ScoredSamples, Text, build_products
 from croco.plan import Unit
 from croco.records import DPO, SAMPLE, SCORE, SFT
 from croco.storage import Version
 from croco.tasks import across_languages, always
 
 NAME = "pair"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: language fidelity of chosen and rejected answers, pair.require_language
 LOADS_MODEL = False
 
 enabled = always
@@ -64,13 +66,14 @@ def pair(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version])
     _check_one_reward_per_sample(samples)
     generated = [inputs[f"generate/{code}"] for code in cfg.languages]
     text_column = "prompt_sent" if cfg.pair.prompt_text == "sent" else "prompt"
-    products, skipped = build_products(
+    products, skipped, fidelity = build_products(
         samples,
         cfg.pair.target,
         cfg.pair.k,
         cfg.pair.prompt_source,
         cfg.seed,
         lambda rows: _fetch(generated, samples, rows, text_column),
+        cfg.pair.require_language,
     )
     for name in PRODUCTS:
         out.write_shard(name, products[name], product_schema(name))
@@ -79,6 +82,7 @@ def pair(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version])
         "records_out": sum(len(records) for records in products.values()),
         "products": {name: len(records) for name, records in products.items()},
         "skipped": skipped,
+        "fidelity": fidelity,
     }
 
 
@@ -98,19 +102,19 @@ def _codes(column, values: np.ndarray) -> np.ndarray:
     return codes.to_numpy().astype(np.int64)
 
 
-def _fetch(
-    generated: list[Version], samples: ScoredSamples, rows: np.ndarray, text_column: str
-) -> dict[int, tuple[str, str]]:
-    """Read the prompt and response of the given rows, one generate shard at a time."""
+def _fetch(generated: list[Version], samples: ScoredSamples, rows: np.ndarray, text_column: str) -> dict[int, Text]:
+    """Read the prompt, response and detected language of the given rows, one generate shard at a time."""
     if not len(rows):
         return {}
     wanted = samples.sample_key(samples.prompt[rows], samples.language[rows], samples.sample_index[rows])
     order = np.argsort(wanted)
     wanted_sorted, rows_sorted = wanted[order], rows[order]
-    texts: dict[int, tuple[str, str]] = {}
+    texts: dict[int, Text] = {}
     for generate, index in ((version, name) for version in generated for name in version.shard_names()):
         shard = generate.read_shard(
-            index, SAMPLE, columns=["prompt_id", "language", "sample_index", text_column, "response"]
+            index,
+            SAMPLE,
+            columns=["prompt_id", "language", "sample_index", text_column, "response", "detected_language"],
         )
         prompt = _codes(shard["prompt_id"], samples.prompt_ids)
         language = _codes(shard["language"], np.array(samples.languages, dtype=object))
@@ -121,9 +125,11 @@ def _fetch(
         )
         position = np.clip(np.searchsorted(wanted_sorted, keys), 0, len(wanted_sorted) - 1)
         hits = np.flatnonzero(wanted_sorted[position] == keys)
-        prompts, responses = shard[text_column].take(hits).to_pylist(), shard["response"].take(hits).to_pylist()
-        for hit, prompt, response in zip(hits, prompts, responses):
-            texts[int(rows_sorted[position[hit]])] = (prompt, response)
+        found = zip(
+            *(shard[column].take(hits).to_pylist() for column in (text_column, "response", "detected_language"))
+        )
+        for hit, text in zip(hits, found):
+            texts[int(rows_sorted[position[hit]])] = Text(*text)
     missing = [int(row) for row in rows if int(row) not in texts]
     if missing:
         raise CrocoError(

@@ -283,6 +283,29 @@ def scripted_choice(index: int, text: str, finish_reason: str | None = "stop") -
     return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
 
 
+# Answers croco.langid names with confidence, every line of five words or more in its language.
+DANISH_ANSWER = (
+    "Himlen er blå, fordi luften spreder det blå lys mere end det røde lys.\n"
+    "Det er derfor, at vi kan se en blå himmel om dagen, når solen skinner."
+)
+ENGLISH_ANSWER = "The sky is blue because the air scatters blue light more than red light."
+
+
+def run_answering_in_danish_and_english(
+    tmp_path: Path, models: dict[str, str], prompts: Path, stages: list[str], **sections
+) -> tuple[CrocoConfig, dict]:
+    """(config, result) of a run whose policy, a scripted server, answers every prompt twice: in Danish, then in English."""
+
+    def reply(request):
+        choices = [scripted_choice(0, DANISH_ANSWER), scripted_choice(1, ENGLISH_ANSWER)]
+        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}}
+
+    with scripted_openai_server(reply) as (url, _):
+        generate = {"engine": {"name": "openai", "base_url": url}}
+        cfg = make_config(tmp_path / "store", models, [{"path": str(prompts)}], generate=generate, **sections)
+        return cfg, run(cfg, stages=stages)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """infra/s3_server.py, as a user starts it; yields the environment croco reads (endpoint and credentials).

@@ -92,6 +92,11 @@ def test_selections_match_the_hand_worked_case(tmp_path, original_layout):
     }
     assert manifest["skipped"]["dpo_in_language/no_sample_below_chosen"] == 1
     assert manifest["skipped"]["dpo_in_language/pool_too_small"] == 1
+    # one-word answers are too short to name a language: no chosen answer counts as in its language
+    assert {code: rates["chosen_on_target"] for code, rates in manifest["fidelity"]["in_language"].items()} == {
+        "en": 0.0,
+        "da": 0.0,
+    }
 
 
 def test_prompt_source_and_target_options(tmp_path, original_layout):

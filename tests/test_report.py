@@ -5,8 +5,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import make_config, run
+from conftest import make_config, run, run_answering_in_danish_and_english, version
 from croco import runs
+from croco.fidelity import percent
 from croco.plan import build_plan
 from croco.report import _sample_table, write_report
 from croco.storage import Storage
@@ -93,3 +94,24 @@ def test_every_run_has_its_own_report_naming_it_and_the_newest_is_also_where_a_p
     )
     third = run(cfg)
     assert Path(third["report"]).is_file() and f"Run `{second['run_id']}`" in front.read_text()
+
+
+def test_the_report_shows_how_many_chosen_and_rejected_answers_are_in_language_and_what_was_removed(
+    tmp_path, tiny_models, prompts_file
+):
+    cfg, result = run_answering_in_danish_and_english(
+        tmp_path, tiny_models, prompts_file, ["pair"], pair={"require_language": "chosen"}
+    )
+    manifest = version(cfg, "pair/all").manifest()
+    text = Path(result["report"]).read_text()
+    assert "(`pair.require_language` is `chosen`)" in text
+    for language, rates in manifest["fidelity"]["in_language"].items():
+        # three pools of two per language, one answer each in the prompt's language
+        assert rates["chosen_on_target"] + rates["rejected_on_target"] == 1.0
+        removed = round(3 * (1 - rates["chosen_on_target"]))
+        products = ("sft_in_language", "dpo_in_language")
+        assert rates["removed"] == ({f"{p}/chosen_not_in_language": removed for p in products} if removed else {})
+        shown = ", ".join(f"{reason} {n}" for reason, n in rates["removed"].items()) or "none"
+        chosen, rejected = percent(rates["chosen_on_target"]), percent(rates["rejected_on_target"])
+        assert f"| in_language | {language} | {chosen} | {rejected} | {shown} |" in text
+    assert sum(n for reason, n in manifest["skipped"].items() if "in_language/chosen_not" in reason) > 0

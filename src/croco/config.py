@@ -196,6 +196,11 @@ class PairConfig(_Section):
         "sent",
         description="Train on the prompt as the policy saw it (`sent`, with any language instruction) or as loaded (`original`).",
     )
+    require_language: Literal["none", "chosen", "both"] = Field(
+        "none",
+        description="Keep a pool only when its chosen answer (`chosen`), or its chosen and rejected answers (`both`), are "
+        "detected in the language of the prompt they answered; removed pools are counted per language. `none`: the paper's pairing.",
+    )
 
 
 class LoraConfig(_Section):

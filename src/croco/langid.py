@@ -70,13 +70,14 @@ def detect_many(texts: Iterable[str], min_confidence: float = MIN_CONFIDENCE) ->
     return [detect(text, min_confidence) for text in texts]
 
 
-def _target(language: str) -> str:
+def target_code(language: str) -> str:
+    """The code `detect` gives text in croco language `language` (`no` for Bokmål and Nynorsk)."""
     return croco_code(get_language(language).code)
 
 
 def on_target(text: str, language: str) -> bool:
     """Whether `text` as a whole is detected as `language` (a croco code; `unknown` is not on target)."""
-    return detect(text).language == _target(language)
+    return detect(text).language == target_code(language)
 
 
 def line_pass_rate(text: str, language: str, min_words: int = 5) -> float | None:
@@ -85,5 +86,5 @@ def line_pass_rate(text: str, language: str, min_words: int = 5) -> float | None
     lines = [line for line in text.splitlines() if len(line.split()) >= min_words]
     if not lines:
         return None
-    target = _target(language)
+    target = target_code(language)
     return sum(found.language == target for found in detect_many(lines)) / len(lines)

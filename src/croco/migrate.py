@@ -35,8 +35,9 @@ import numpy as np
 
 from croco.errors import CrocoError
 from croco.fileio import decode_text, text_lines, write_atomic
+from croco.langid import detect
 from croco.languages import LANGUAGE_INSTRUCTION, LANGUAGES
-from croco.pairing import PRODUCTS, ScoredSamples, build_products
+from croco.pairing import PRODUCTS, ScoredSamples, Text, build_products
 
 log = logging.getLogger("croco")
 
@@ -108,17 +109,17 @@ def migrate(
     file_of_row = np.concatenate([np.full(len(f.prompt), rank, dtype=np.int64) for rank, f in enumerate(files)])
     offsets = np.concatenate([f.offset for f in files])
 
-    def fetch(rows: np.ndarray) -> dict[int, tuple[str, str]]:
+    def fetch(rows: np.ndarray) -> dict[int, Text]:
         texts = {}
         for rank, f in enumerate(files):
             with open(f.path, "rb") as handle:
                 for row in rows[file_of_row[rows] == rank]:
                     handle.seek(offsets[row])
                     user, assistant = json.loads(handle.readline())["messages"][:2]
-                    texts[int(row)] = (user["content"], assistant["content"])
+                    texts[int(row)] = Text(user["content"], assistant["content"], detect(assistant["content"]).language)
         return texts
 
-    products, skipped = build_products(samples, target, k, prompt_source, seed, fetch)
+    products, skipped, fidelity = build_products(samples, target, k, prompt_source, seed, fetch)
     out.mkdir(parents=True, exist_ok=True)
     for name in PRODUCTS:
         write_atomic(
@@ -133,6 +134,7 @@ def migrate(
         "products": {name: len(products[name]) for name in PRODUCTS},
         "rejected_samples": dict(rejected),
         "skipped": skipped,
+        "fidelity": fidelity,
         "settings": {"target": target, "k": k, "prompt_source": prompt_source, "seed": seed, "languages": languages},
         "inputs": {"scored": [str(p) for p in scored], "originals": [str(p) for p in originals]},
         "wall_s": round(time.perf_counter() - started, 2),

@@ -8,7 +8,11 @@ pairing 100 million samples needs only their ids and rewards in memory:
   strictly below chosen's; ties go to the earlier sample;
 - targets: mean + k * std (population std, ddof 0; the default k = -2 is `mean_minus_2sigma`),
   `q1` (25th percentile, linear interpolation) or `min`;
-- a pool of fewer than 2 samples, or with no sample below chosen, yields no pair.
+- a pool of fewer than 2 samples, or with no sample below chosen, yields no pair;
+- with `require_language` (`chosen` or `both`) a pool whose chosen (or rejected) answer is not detected in the
+  language of the prompt it answered is removed, not re-selected: its pair and, for the chosen, its SFT example.
+  In a cross-language pool every answer has its own prompt language (the sample's), so an answer counts as in
+  the pool's language when it is in its own prompt's; removals are counted under that answer's language.
 
 "Earlier" is the `order` the caller gives: the sample index inside one language, and
 (language rank, sample index) across languages.
@@ -18,13 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
+
+from croco.langid import target_code
 
 TARGETS = ("mean_minus_2sigma", "mean_plus_k_std", "q1", "min")
 POOL_TOO_SMALL = "pool_too_small"
 NO_VALID_REJECTED = "no_sample_below_chosen"
+CHOSEN_NOT_IN_LANGUAGE = "chosen_not_in_language"
+REJECTED_NOT_IN_LANGUAGE = "rejected_not_in_language"
+REQUIRE_LANGUAGE = ("none", "chosen", "both")
 
 
 @dataclass(frozen=True)
@@ -133,14 +142,29 @@ class ScoredSamples:
         return f"sample {self.sample_index[row]} of prompt {self.prompt_ids[self.prompt[row]]!r} in {self.languages[self.language[row]]}"
 
 
-# Given sorted row numbers, the (prompt text, response text) of each: only selected samples' texts are ever read.
-Fetch = Callable[[np.ndarray], dict[int, tuple[str, str]]]
+class Text(NamedTuple):
+    prompt: str
+    response: str
+    detected_language: str | None  # as the generate stage recorded it (croco.fidelity)
+
+
+# Given sorted row numbers, the texts of each: only selected samples' texts are ever read.
+Fetch = Callable[[np.ndarray], dict[int, Text]]
 
 
 def build_products(
-    samples: ScoredSamples, target: str, k: float, prompt_source: str, seed: int, fetch: Fetch
-) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    """The four training sets (in-language and all-language SFT and DPO) and the skips per product and reason."""
+    samples: ScoredSamples,
+    target: str,
+    k: float,
+    prompt_source: str,
+    seed: int,
+    fetch: Fetch,
+    require_language: str = "none",
+) -> tuple[dict[str, list[dict]], dict[str, int], dict[str, dict]]:
+    """The four training sets (in-language and all-language SFT and DPO), the skips per product and reason, and the
+    language fidelity of each selection's chosen and rejected answers per language (`LanguageCheck.report`)."""
+    if require_language not in REQUIRE_LANGUAGE:
+        raise ValueError(f"unknown require_language {require_language!r}; use one of {', '.join(REQUIRE_LANGUAGE)}")
     in_language = select(
         samples.prompt * len(samples.languages) + samples.language, samples.sample_index, samples.reward, target, k
     )
@@ -158,15 +182,20 @@ def build_products(
 
     wanted = np.concatenate([in_language.chosen, in_language.rejected, all_languages.chosen, all_languages.rejected])
     texts = fetch(np.unique(wanted[wanted >= 0]))
+    checks = {
+        scope: LanguageCheck(scope, samples, selection, texts, require_language)
+        for scope, selection in (("in_language", in_language), ("all_languages", all_languages))
+    }
 
-    def sft(selection: Selection) -> list[dict]:
+    def sft(selection: Selection, check: LanguageCheck) -> list[dict]:
+        keep = selection.big_enough & check.chosen_kept
         return [
             _sft_record(samples, texts, int(row), int(size))
-            for row, size in zip(selection.chosen[selection.big_enough], selection.pool_size[selection.big_enough])
+            for row, size in zip(selection.chosen[keep], selection.pool_size[keep])
         ]
 
-    def dpo(selection: Selection, prompt_rows: np.ndarray) -> list[dict]:
-        keep = selection.has_pair
+    def dpo(selection: Selection, prompt_rows: np.ndarray, check: LanguageCheck) -> list[dict]:
+        keep = selection.has_pair & check.chosen_kept & check.rejected_kept
         return [
             _dpo_record(samples, texts, int(p), int(c), int(r), int(size))
             for p, c, r, size in zip(
@@ -175,18 +204,84 @@ def build_products(
         ]
 
     products = {
-        "sft_in_language": sft(in_language),
-        "dpo_in_language": dpo(in_language, in_language.chosen),
-        "sft_all_languages": sft(all_languages),
-        "dpo_all_languages": dpo(all_languages, prompt_row),
+        "sft_in_language": sft(in_language, checks["in_language"]),
+        "dpo_in_language": dpo(in_language, in_language.chosen, checks["in_language"]),
+        "sft_all_languages": sft(all_languages, checks["all_languages"]),
+        "dpo_all_languages": dpo(all_languages, prompt_row, checks["all_languages"]),
     }
     skipped = {}
-    for name, selection in zip(PRODUCTS, (in_language, in_language, all_languages, all_languages)):
-        counts = selection.skip_counts()
+    for name in PRODUCTS:
+        check = checks[name.split("_", 1)[1]]
+        counts = check.selection.skip_counts()
         if name.startswith("sft"):
             counts.pop(NO_VALID_REJECTED, None)  # SFT needs only a chosen sample
-        skipped.update({f"{name}/{reason}": n for reason, n in counts.items()})
-    return products, skipped
+        counts.update(check.removed(name))
+        skipped.update({f"{name}/{reason}": n for reason, n in counts.items() if n})
+    return products, skipped, {scope: check.report() for scope, check in checks.items()}
+
+
+class LanguageCheck:
+    """Whether each pool's chosen and rejected answers are in the language of the prompt they answered, and which
+    pools `require_language` removes for it; `unknown` and a missing detection are not in the language."""
+
+    def __init__(
+        self, scope: str, samples: ScoredSamples, selection: Selection, texts: dict[int, Text], require_language: str
+    ):
+        def in_language(rows: np.ndarray) -> np.ndarray:
+            return np.array(
+                [
+                    row >= 0 and texts[row].detected_language == target_code(samples.languages[samples.language[row]])
+                    for row in rows.tolist()
+                ],
+                dtype=bool,
+            )
+
+        self.scope, self.samples, self.selection = scope, samples, selection  # scope: in_language or all_languages
+        self.chosen_in_language = in_language(selection.chosen)
+        self.rejected_in_language = in_language(selection.rejected)  # False where the pool has no rejected
+        every_pool = np.ones(len(selection.chosen), dtype=bool)
+        self.chosen_kept = self.chosen_in_language if require_language in ("chosen", "both") else every_pool
+        self.rejected_kept = self.rejected_in_language if require_language == "both" else every_pool
+
+    def _removals(self, product: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(pools removed, row of the answer that removed them) per reason; a pool is removed for its first reason."""
+        selection = self.selection
+        if product.startswith("sft"):
+            return {CHOSEN_NOT_IN_LANGUAGE: (selection.big_enough & ~self.chosen_kept, selection.chosen)}
+        return {
+            CHOSEN_NOT_IN_LANGUAGE: (selection.has_pair & ~self.chosen_kept, selection.chosen),
+            REJECTED_NOT_IN_LANGUAGE: (selection.has_pair & self.chosen_kept & ~self.rejected_kept, selection.rejected),
+        }
+
+    def removed(self, product: str) -> dict[str, int]:
+        return {reason: int(pools.sum()) for reason, (pools, _) in self._removals(product).items()}
+
+    def report(self) -> dict[str, dict]:
+        """Per language: the share of chosen answers (pools of 2 or more) and of rejected answers (pools with a pair)
+        in the language, and what `require_language` removed per product and reason."""
+        samples, selection = self.samples, self.selection
+        languages = samples.languages
+        report = {}
+        for code, language in enumerate(languages):
+            chosen = selection.big_enough & (samples.language[selection.chosen] == code)
+            rejected = selection.has_pair & (samples.language[np.maximum(selection.rejected, 0)] == code)
+            removed = {
+                f"{product}/{reason}": int((pools & (samples.language[np.maximum(rows, 0)] == code)).sum())
+                for product in PRODUCTS
+                if product.endswith(self.scope)
+                for reason, (pools, rows) in self._removals(product).items()
+            }
+            if chosen.any() or rejected.any():
+                report[language] = {
+                    "chosen_on_target": _share(self.chosen_in_language[chosen]),
+                    "rejected_on_target": _share(self.rejected_in_language[rejected]),
+                    "removed": {key: n for key, n in removed.items() if n},
+                }
+        return report
+
+
+def _share(flags: np.ndarray) -> float | None:
+    return float(flags.mean()) if len(flags) else None
 
 
 def _ids(samples: ScoredSamples, row: int) -> tuple[str, str, int, float]:
@@ -200,7 +295,7 @@ def _ids(samples: ScoredSamples, row: int) -> tuple[str, str, int, float]:
 
 def _sft_record(samples: ScoredSamples, texts, row: int, pool_size: int) -> dict:
     prompt_id, language, index, reward = _ids(samples, row)
-    prompt, response = texts[row]
+    prompt, response, _ = texts[row]
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     return {
         "prompt_id": prompt_id,
@@ -220,9 +315,9 @@ def _dpo_record(samples: ScoredSamples, texts, prompt_row: int, chosen: int, rej
         "language": samples.languages[samples.language[prompt_row]],
         "chosen_language": chosen_language,
         "rejected_language": rejected_language,
-        "prompt": [{"role": "user", "content": texts[prompt_row][0]}],
-        "chosen": [{"role": "assistant", "content": texts[chosen][1]}],
-        "rejected": [{"role": "assistant", "content": texts[rejected][1]}],
+        "prompt": [{"role": "user", "content": texts[prompt_row].prompt}],
+        "chosen": [{"role": "assistant", "content": texts[chosen].response}],
+        "rejected": [{"role": "assistant", "content": texts[rejected].response}],
         "chosen_reward": chosen_reward,
         "rejected_reward": rejected_reward,
         "margin": chosen_reward - rejected_reward,

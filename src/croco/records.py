@@ -22,6 +22,14 @@ PROMPT = pa.schema(
     ]
 )
 
+# The language an answer is written in (croco.langid): a code of croco.langid.LANGID_LANGUAGES or "unknown", that
+# language's probability, and the share of its lines of five words or more in the prompt's language (null: no such line).
+DETECTED = [
+    ("detected_language", pa.string()),
+    ("detected_confidence", pa.float64()),
+    ("line_pass_rate", pa.float64()),
+]
+
 SAMPLE = pa.schema(
     [
         ("prompt_id", pa.string()),
@@ -38,6 +46,7 @@ SAMPLE = pa.schema(
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
         ("policy", pa.string()),
+        *DETECTED,
     ]
 )
 
@@ -108,6 +117,7 @@ ARENA_ANSWER = pa.schema(
         ("prompt_tokens", pa.int32()),  # as in SAMPLE: null where unknown
         ("completion_tokens", pa.int32()),
         ("generator", pa.string()),  # model path, plus the adapter if any
+        *DETECTED,  # of the output
     ]
 )
 

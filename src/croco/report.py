@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from croco.config import CrocoConfig
+from croco.fidelity import percent
 from croco.fileio import stable_hash
 from croco.plan import Plan
 from croco.records import SAMPLE, SAMPLE_KEY, SCORE
@@ -68,6 +69,7 @@ def write_report(
     for unit in plan.of("pair"):
         lines += ["", "## Pairs", "", "| product | records |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in manifests[unit.id]["products"].items()]
+    lines += _fidelity_section(plan, manifests)
     for stage in ("sft", "dpo"):
         for unit in plan.of(stage):
             lines += ["", *_training_section(stage, manifests[unit.id], up + unit.version_path + "/files/")]
@@ -140,6 +142,50 @@ def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
     lines += ["", f"Adapter: `{manifest['adapter']}`", ""]
     lines += [f"![{plot}]({files}{plot})" for plot in manifest["plots"]]
     return lines
+
+
+def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
+    """Per language, how many answers are in the prompt's language (croco.fidelity): samples, pairs, arena answers."""
+    lines = []
+    generated = [u for u in plan.of("generate") if manifests[u.id].get("fidelity")]
+    if generated:
+        lines += ["", "## Language fidelity", "", *_answer_table(generated, manifests, "samples")]
+    for unit in plan.of("pair"):
+        manifest = manifests[unit.id]
+        required = manifest["settings"]["pair"]["require_language"]
+        lines += [
+            "",
+            f"Chosen and rejected answers in the language of the prompt they answered (`pair.require_language` is `{required}`):",
+            "",
+        ]
+        lines += [
+            "| pairs | language | chosen in language | rejected in language | removed |",
+            "|---|---|---:|---:|---|",
+        ]
+        for scope, by_language in manifest["fidelity"].items():
+            for code, rates in by_language.items():
+                removed = ", ".join(f"{reason} {n}" for reason, n in rates["removed"].items()) or "none"
+                lines.append(
+                    f"| {scope} | {code} | {percent(rates['chosen_on_target'])} | {percent(rates['rejected_on_target'])} | {removed} |"
+                )
+    answered = [u for u in plan.of("arena") if manifests[u.id].get("fidelity")]
+    if answered:
+        lines += ["", "Arena answers:", "", *_answer_table(answered, manifests, "answers")]
+    return lines
+
+
+def _answer_table(units, manifests: dict[str, dict], what: str) -> list[str]:
+    rows = [
+        f"| {'model | ' if units[0].model else ''}language | {what} | in the prompt's language | line pass rate | {what} with a line of 5+ words |",
+        f"|{'---|' if units[0].model else ''}---|---:|---:|---:|---:|",
+    ]
+    for unit in units:
+        fidelity = manifests[unit.id]["fidelity"]
+        rows.append(
+            f"| {unit.model + ' | ' if unit.model else ''}{unit.language} | {fidelity['answers']} | {percent(fidelity['on_target'])} "
+            f"| {percent(fidelity['line_pass_rate'])} | {fidelity['with_long_lines']} |"
+        )
+    return rows
 
 
 def _sample_table(samples: pa.Table) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from croco.fidelity import percent
 from croco.plan import Unit
 
 log = logging.getLogger("croco")
@@ -19,7 +20,23 @@ def summary_line(unit: Unit, manifest: dict[str, Any]) -> str:
     rates = manifest.get("throughput") or {}
     if rates:
         line += f", {rates['samples_per_s']:.2f} samples/s, {rates['tokens_per_s']:.1f} tokens/s"
+    if manifest.get("fidelity"):
+        line += f", {fidelity_text(unit, manifest['fidelity'])}"
     return line + "".join(f"; warning: {warning}" for warning in manifest.get("warnings", []))
+
+
+def fidelity_text(unit: Unit, fidelity: dict[str, Any]) -> str:
+    """The language fidelity of a unit's answers: of samples and arena answers, the share in the prompt's language and
+    the line pass rate; of pairs, per language, the in-language chosen and rejected answers in their language."""
+    if "on_target" in fidelity:
+        return (
+            f"{percent(fidelity['on_target'])} in {unit.language}, line pass rate {percent(fidelity['line_pass_rate'])} "
+            f"({fidelity['with_long_lines']} of {fidelity['answers']} with a line of 5+ words)"
+        )
+    return "in language: " + ", ".join(
+        f"{code} chosen {percent(rates['chosen_on_target'])} rejected {percent(rates['rejected_on_target'])}"
+        for code, rates in fidelity["in_language"].items()
+    )
 
 
 def artifact_key(*parts: str) -> str:
@@ -48,6 +65,8 @@ def publish_summary(unit: Unit, manifest: dict[str, Any]) -> None:
     ]
     lines += [f"- skipped, {reason}: {count}" for reason, count in sorted(skipped.items())]
     lines += [f"- **warning**: {warning}" for warning in manifest.get("warnings", [])]
+    if manifest.get("fidelity"):
+        lines.append(f"- language fidelity: {fidelity_text(unit, manifest['fidelity'])}")
     for extra in ("products", "finish_reasons", "reward_stats", "throughput"):
         if manifest.get(extra):
             lines.append(f"- {extra.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[extra].items()))

@@ -3,7 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_config, read, run, scripted_choice, scripted_openai_server, version, write_jsonl
+from conftest import (
+    DANISH_ANSWER,
+    ENGLISH_ANSWER,
+    make_config,
+    read,
+    run,
+    scripted_choice,
+    scripted_openai_server,
+    version,
+    write_jsonl,
+)
 from croco.errors import CrocoError
 from croco.plan import build_plan
 from croco.records import ARENA_ANSWER
@@ -123,6 +133,17 @@ def test_arena_answers_every_question_per_model_and_keeps_unchanged_models(
     }
 
 
+def served_arena_config(tmp_path, tiny_models, prompts_file, arena_file, url: str):
+    """The policy and another model, served at `url` as `base` and `base-tuned`."""
+    evaluate = {
+        "run_adapters": [],
+        "models": {"other": {"path": tiny_models["policy"]}},
+        "served_models": {"policy": "base", "other": "base-tuned"},
+    }
+    arena = {"engine": {"name": "openai", "base_url": url}}
+    return arena_config(tmp_path, tiny_models, prompts_file, arena_file, arena=arena, evaluate=evaluate)
+
+
 def test_on_a_server_each_model_is_asked_for_by_its_own_served_name(tmp_path, tiny_models, prompts_file, arena_file):
     def reply(request):
         return {
@@ -130,20 +151,8 @@ def test_on_a_server_each_model_is_asked_for_by_its_own_served_name(tmp_path, ti
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         }
 
-    evaluate = {
-        "run_adapters": [],
-        "models": {"other": {"path": tiny_models["policy"]}},
-        "served_models": {"policy": "base", "other": "base-tuned"},
-    }
     with scripted_openai_server(reply) as (url, _):
-        cfg = arena_config(
-            tmp_path,
-            tiny_models,
-            prompts_file,
-            arena_file,
-            arena={"engine": {"name": "openai", "base_url": url}},
-            evaluate=evaluate,
-        )
+        cfg = served_arena_config(tmp_path, tiny_models, prompts_file, arena_file, url)
         run(cfg, stages=["arena"])
     answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
     assert {(a["model"], a["output"]) for a in answers} == {
@@ -188,3 +197,33 @@ def test_a_named_dataset_configuration_gives_only_its_own_language_questions(tmp
     plan = build_plan(named, ["arena"])
     assert {u.language for u in plan.units} == {"da"}
     assert plan.skipped == {"arena/en": f"{folder} holds no questions in English (en)"}
+
+
+def test_every_answer_records_its_language_and_the_report_gives_the_pass_rate_per_model_and_language(
+    tmp_path, tiny_models, prompts_file, arena_file
+):
+    def reply(request):  # the base model answers Danish questions in Danish, the tuned one always in English
+        in_danish = request["model"] == "base" and " in da?" in request["messages"][0]["content"]
+        return {
+            "choices": [scripted_choice(0, DANISH_ANSWER if in_danish else ENGLISH_ANSWER)],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25},
+        }
+
+    with scripted_openai_server(reply) as (url, _):
+        cfg = served_arena_config(tmp_path, tiny_models, prompts_file, arena_file, url)
+        result = run(cfg, stages=["arena"])
+    answers = read(cfg, "arena", ARENA_ANSWER).to_pylist()
+    assert {(a["model"], a["language"], a["detected_language"]) for a in answers} == {
+        ("policy", "da", "da"),
+        ("policy", "en", "en"),
+        ("other", "da", "en"),
+        ("other", "en", "en"),
+    }
+    assert version(cfg, "arena/da/other").manifest()["fidelity"] == {
+        "answers": 4,
+        "on_target": 0.0,
+        "line_pass_rate": 0.0,
+        "with_long_lines": 4,
+    }
+    report = Path(result["report"]).read_text()
+    assert "| policy | da | 4 | 100% | 100% | 4 |" in report and "| other | da | 4 | 0% | 0% | 4 |" in report

@@ -3,10 +3,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_config, prompt_record, read, run, version, write_jsonl
+from conftest import (
+    DANISH_ANSWER,
+    make_config,
+    prompt_record,
+    read,
+    run,
+    run_answering_in_danish_and_english,
+    version,
+    write_jsonl,
+)
 from croco.errors import CrocoError
 from croco.plan import build_plan
 from croco.records import SAMPLE, SKIPPED
+from croco.summaries import summary_line
 from croco.tasks import generate as generate_stage
 from croco.tasks.generate import prompt_to_send, prompt_token_limit, shard_seed
 
@@ -95,3 +105,18 @@ def test_when_no_prompt_fits_the_run_stops_and_the_model_is_never_loaded(tmp_pat
     cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(path)}], languages=["en"])
     with pytest.raises(CrocoError, match=r"no prompt in language 'en' fits: all 1 are longer than 1018 tokens"):
         run(cfg, stages=["generate"])
+
+
+def test_every_sample_records_its_language_and_the_unit_summary_and_report_show_the_fidelity(
+    tmp_path, tiny_models, prompts_file
+):
+    cfg, result = run_answering_in_danish_and_english(tmp_path, tiny_models, prompts_file, ["generate"])
+    samples = read(cfg, "generate", SAMPLE).to_pylist()
+    assert {(s["response"] == DANISH_ANSWER, s["detected_language"]) for s in samples} == {(True, "da"), (False, "en")}
+    assert all(s["detected_confidence"] >= 0.5 for s in samples)
+    manifest = version(cfg, "generate/da").manifest()
+    assert manifest["fidelity"] == {"answers": 6, "on_target": 0.5, "line_pass_rate": 0.5, "with_long_lines": 6}
+    line = summary_line(build_plan(cfg, ["generate"]).by_id["generate/da"], manifest)
+    assert "50% in da, line pass rate 50% (6 of 6 with a line of 5+ words)" in line
+    report = Path(result["report"]).read_text()
+    assert "## Language fidelity" in report and "| da | 6 | 50% | 50% | 6 |" in report

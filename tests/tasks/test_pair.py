@@ -17,6 +17,9 @@ REWARDS = {
     ("p2", "en"): [2.0, 2.0, 2.0],  # all equal: SFT yes, DPO no
     ("p2", "da"): [4.0],  # pool of one: skipped everywhere in-language
 }
+# The language each answer was detected in where it is not its prompt's: p1's best Danish answer (also p1's best
+# overall) is English, and p1's rejected English answer (in-language and all-language) is gibberish.
+OFF_LANGUAGE = {("p1", "da", 0): "en", ("p1", "en", 2): "unknown"}
 
 
 def write_run(storage: Storage, languages=("en", "da")) -> dict[str, str]:
@@ -39,6 +42,7 @@ def write_run(storage: Storage, languages=("en", "da")) -> dict[str, str]:
                         "prompt_tokens": 3,
                         "completion_tokens": 3,
                         "policy": "m",
+                        "detected_language": OFF_LANGUAGE.get((prompt_id, language, index), language),
                     }
                 )
                 scores.append({**key, "reward": reward, "scored_tokens": 9, "reward_model": "r"})
@@ -176,3 +180,58 @@ def test_a_score_without_a_generated_answer_stops_the_stage(tmp_path):
     with pytest.raises(CrocoError, match="sample 0 of prompt 'p9' in en has a score but no generated answer"):
         pair.fn(cfg, pair_unit(inputs))
     assert not storage.version("pair", ALL_LANGUAGES, "test-pair").committed()
+
+
+def test_off_language_answers_are_kept_by_default_and_their_rates_reported(tmp_path):
+    manifest, load = run_pair(tmp_path)
+    assert {(r["prompt_id"], r["language"]) for r in load("sft_in_language")} == {
+        ("p1", "en"),
+        ("p1", "da"),
+        ("p2", "en"),
+    }
+    assert not any("not_in_language" in reason for reason in manifest["skipped"])
+    in_language = {
+        "chosen_on_target": 1.0,
+        "rejected_on_target": 0.0,
+        "removed": {},
+    }  # en: chosen p1/1, p2/0; rejected p1/2
+    assert manifest["fidelity"]["in_language"] == {
+        "en": in_language,
+        "da": {"chosen_on_target": 0.0, "rejected_on_target": 1.0, "removed": {}},  # p2/da is a pool of one
+    }
+    # Across languages an answer is judged by its own prompt's language: p1 and p2 both chose a Danish answer (p1's is
+    # English) and rejected an English one (p1's is gibberish).
+    assert manifest["fidelity"]["all_languages"] == {
+        "da": {"chosen_on_target": 0.5, "rejected_on_target": None, "removed": {}},
+        "en": {"chosen_on_target": None, "rejected_on_target": 0.5, "removed": {}},
+    }
+
+
+def test_require_chosen_removes_a_danish_pool_whose_best_answer_is_english_and_counts_it(tmp_path):
+    manifest, load = run_pair(tmp_path, require_language="chosen")
+    assert {(r["prompt_id"], r["language"]) for r in load("sft_in_language")} == {("p1", "en"), ("p2", "en")}
+    assert {(r["prompt_id"], r["language"]) for r in load("dpo_in_language")} == {("p1", "en")}  # rejected not checked
+    assert [r["prompt_id"] for r in load("sft_all_languages")] == ["p2"]
+    assert [r["prompt_id"] for r in load("dpo_all_languages")] == ["p2"]
+    removed = {
+        "sft_in_language/chosen_not_in_language": 1,
+        "dpo_in_language/chosen_not_in_language": 1,
+        "sft_all_languages/chosen_not_in_language": 1,
+        "dpo_all_languages/chosen_not_in_language": 1,
+    }
+    assert {k: v for k, v in manifest["skipped"].items() if "not_in_language" in k} == removed
+    fidelity = manifest["fidelity"]
+    assert fidelity["in_language"]["da"]["removed"] == {k: v for k, v in removed.items() if "in_language/" in k}
+    assert fidelity["in_language"]["en"]["removed"] == {}
+    assert fidelity["all_languages"]["da"]["removed"] == {k: v for k, v in removed.items() if "all_languages/" in k}
+    assert fidelity["in_language"]["da"]["chosen_on_target"] == 0.0  # the rates are of the answers before removal
+
+
+def test_require_both_also_removes_a_pool_whose_rejected_answer_is_off_language(tmp_path):
+    manifest, load = run_pair(tmp_path, require_language="both")
+    assert {(r["prompt_id"], r["language"]) for r in load("sft_in_language")} == {("p1", "en"), ("p2", "en")}
+    assert manifest["products"]["dpo_in_language"] == 0
+    assert [r["prompt_id"] for r in load("dpo_all_languages")] == ["p2"]
+    assert manifest["fidelity"]["in_language"]["en"]["removed"] == {"dpo_in_language/rejected_not_in_language": 1}
+    assert manifest["skipped"]["dpo_in_language/rejected_not_in_language"] == 1
+    assert manifest["skipped"]["dpo_in_language/chosen_not_in_language"] == 1  # da: removed for its chosen first
