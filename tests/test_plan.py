@@ -239,3 +239,28 @@ def test_every_stage_module_defines_what_a_stage_must():
     for module in stage_modules():
         assert [name for name in required if not hasattr(module, name)] == [], module.__name__
         assert hasattr(getattr(module, module.NAME), "work")  # the task croco unit runs in a job
+
+
+def test_a_stage_run_as_gpu_jobs_is_keyed_for_the_gpu_not_for_the_planning_machine(
+    tmp_path, tiny_models, prompts_file, capsys
+):
+    """A login node without a GPU plans units that run on GPU nodes: `auto` must mean their GPU (bfloat16)."""
+    from conftest import save_config
+    from croco.cli import main
+
+    on_gpus = {"stages": {"generate": {"kind": "slurm", "slurm": {"gpus_per_node": 2}}}}
+    here = build_plan(make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}]))
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], execution=on_gpus)
+    jobs = build_plan(cfg)
+    generate, score = jobs.by_id["generate/en"], jobs.by_id["score/en"]
+    assert generate.settings["engine"] == {"name": "transformers", "device": "cuda", "dtype": "bfloat16"}
+    assert score.settings["engine"]["device"] == "cpu"  # still in this process
+    assert generate.key != here.by_id["generate/en"].key and score.key != here.by_id["score/en"].key  # reads generate
+    assert jobs.by_id["prompts/en"].key == here.by_id["prompts/en"].key
+
+    # The job checks it has what it was keyed for (this machine has no GPU).
+    path = save_config(cfg, tmp_path / "job.yaml")
+    assert main(["unit", "generate", "en", generate.key, "--config", str(path)]) != 0
+    assert (
+        "generate/en was keyed for a GPU (execution asks for gpus_per_node) but this job on" in capsys.readouterr().err
+    )

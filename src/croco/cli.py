@@ -8,6 +8,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -351,6 +352,7 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
 
 def _unit(args: argparse.Namespace) -> int:
     from croco.caching import run_here
+    from croco.models import pick_device
     from croco.plan import build_plan, stage_modules
 
     cfg = load_config(args.config)
@@ -362,6 +364,12 @@ def _unit(args: argparse.Namespace) -> int:
         raise CrocoError(
             f"{unit_id} has key {unit.key} here but {args.key} in the flow that submitted this job: the job's croco or "
             f"{args.stage} code (or the models and data it hashes) differs from the flow's; run the same croco on both"
+        )
+    planned = cfg.execution.device_class(args.stage)
+    if planned == "cuda" and pick_device("auto").type != "cuda":
+        raise CrocoError(
+            f"{unit_id} was keyed for a GPU (execution asks for gpus_per_node) but this job on {socket.gethostname()} "
+            "sees none; check the job's --gpus-per-node and the container's GPU flag (--rocm or --nv)"
         )
     task = next(getattr(module, module.NAME) for module in stage_modules() if module.NAME == args.stage)
     manifest = run_here(cfg, unit, task.work)

@@ -530,6 +530,14 @@ class ExecutionConfig(ExecutionSettings):
     def for_stage(self, stage: str) -> ExecutionSettings:
         return self.stages.get(stage, self)
 
+    def device_class(self, stage: str) -> str | None:
+        """Where `auto` puts a model in `stage`'s units: for a job, a GPU when it asks for GPUs (ROCm's torch calls
+        it cuda too); None for units in this process (this machine decides)."""
+        settings = self.for_stage(stage)
+        if settings.kind == "local":
+            return None
+        return "cuda" if settings.slurm.gpus_per_node > 0 else "cpu"
+
 
 def _cluster_profile(name: str) -> dict[str, Any]:
     path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else Path("configs/clusters") / f"{name}.yaml"

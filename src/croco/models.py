@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +166,24 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
     return found
 
 
+# Where `auto` runs while a plan is built: a cluster job's device class (its GPUs), not the planning machine's.
+_PLANNED_DEVICE: ContextVar[str | None] = ContextVar("croco_planned_device", default=None)
+
+
+@contextmanager
+def planned_device(kind: str | None):
+    """`auto` resolves to `kind` ("cuda", "cpu") inside; None: to this machine's device."""
+    token = _PLANNED_DEVICE.set(kind)
+    try:
+        yield
+    finally:
+        _PLANNED_DEVICE.reset(token)
+
+
 def precision(model: ModelConfig, device: str) -> dict[str, str]:
-    """The device class and weight dtype a model runs in, `auto` resolved on this machine: float32 on a CPU and
-    bfloat16 on a GPU give other outputs, so both belong in the key of what the model makes there."""
-    where = pick_device(device)
+    """The device class and weight dtype a model runs in, `auto` resolved where the unit runs (this machine, or a
+    job's node as `planned_device` says): float32 on a CPU and bfloat16 on a GPU give other outputs, so both belong
+    in the key of what the model makes there."""
+    planned = _PLANNED_DEVICE.get()
+    where = torch.device(planned) if device == "auto" and planned else pick_device(device)
     return {"device": where.type, "dtype": str(pick_dtype(model.dtype, where)).removeprefix("torch.")}

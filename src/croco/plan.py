@@ -76,6 +76,8 @@ def stage_modules() -> list[Stage]:
 
 def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
     """The units of the target stages (every enabled stage by default) and of every stage they read from."""
+    from croco.models import planned_device  # here: croco.models loads torch
+
     modules = {m.NAME: m for m in stage_modules()}
     units: dict[str, Unit] = {}
     skipped: dict[str, str] = {}
@@ -91,7 +93,8 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
                 raise ValueError(
                     f"{module.NAME}: reads {missing[0]}, which the plan does not hold; is that stage disabled?"
                 )
-            settings = module.settings(cfg, language, model)
+            with planned_device(cfg.execution.device_class(module.NAME)):
+                settings = module.settings(cfg, language, model)
             # The real values are hashed (a digest reveals nothing; masked, two dataset names differing only in a
             # token-like part would share a key); the manifest stores them masked.
             key = stable_hash(
