@@ -18,8 +18,16 @@ import pytest
 from conftest import REPO, make_config, prompt_record, run, save_config, version, write_jsonl
 from croco.config import parse_config
 from croco.errors import CrocoError
-from croco.execution.slurm_backend import JOB_RECORD, JobFailed, job_environment, render_script
-from croco.plan import Unit
+from croco.execution.slurm_backend import (
+    JOB_RECORD,
+    JobFailed,
+    SlurmBackend,
+    cancel_waiting_jobs,
+    job_environment,
+    render_script,
+)
+from croco.plan import Unit, build_plan
+from croco.tasks.generate import generate
 
 GOLDEN = Path(__file__).parent / "golden"
 CROCO = [sys.executable, "-m", "croco.cli"]
@@ -276,6 +284,33 @@ def test_a_flow_run_stopped_while_its_job_runs_cancels_the_job(
     flow.send_signal(signal.SIGTERM)  # what Prefect's runner sends a flow run it cancels
     flow.wait(timeout=60)
     wait_for(lambda: sacct(job_id) == ["CANCELLED"], "cancelled job", timeout_s=30)
+
+
+@pytest.mark.slurm
+def test_jobs_waited_on_in_worker_threads_are_cancelled_on_request(slurm_cluster, tmp_path, tiny_models, prompts_file):
+    cfg = held_config(tmp_path, tiny_models, prompts_file)
+    run(cfg, stages=["prompts"])
+    units = [build_plan(cfg).by_id[f"generate/{language}"] for language in ("en", "da")]
+    errors: list[BaseException] = []
+
+    def unit_in_a_thread(unit):
+        try:
+            SlurmBackend().run(cfg, unit, generate.work)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=unit_in_a_thread, args=(unit,)) for unit in units]
+    for thread in threads:
+        thread.start()
+    records = [Path(version(cfg, unit.id).path) / JOB_RECORD for unit in units]
+    wait_for(lambda: all(record.exists() for record in records), "job records")
+    jobs = [json.loads(record.read_text())["job_id"] for record in records]
+    wait_for(lambda: all(sacct(job) == ["RUNNING"] for job in jobs), "running jobs")
+    cancel_waiting_jobs()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [sacct(job) for job in jobs] == [["CANCELLED"], ["CANCELLED"]]
+    assert len(errors) == 2 and all("was cancelled" in str(error) for error in errors)
 
 
 @pytest.mark.slurm

@@ -147,14 +147,13 @@ def _recorded_job(version: Version) -> dict[str, Any] | None:
         return None
 
 
-_watcher_lock = threading.Lock()
-
-
+_lock = threading.Lock()
 _watchers: list[slurm.JobWatcher] = []  # one per process: it polls for all of the flow's jobs at once
+_waiting: set[str] = set()  # the jobs this process's units are waiting on now
 
 
 def _watcher(cfg: CrocoConfig) -> slurm.JobWatcher:
-    with _watcher_lock:
+    with _lock:
         if not _watchers:
             _watchers.append(slurm.JobWatcher(cfg.execution.slurm.poll_min_s, cfg.execution.slurm.poll_max_s))
         return _watchers[0]
@@ -163,6 +162,8 @@ def _watcher(cfg: CrocoConfig) -> slurm.JobWatcher:
 def _wait(cfg: CrocoConfig, job_id: str) -> list[slurm.JobStatus]:
     """The job's final status. A flow interrupted while it waits (cancelled, Ctrl-C) cancels the job: nobody waits
     on it any more. A flow killed outright leaves it running, and its restart waits on it again."""
+    with _lock:
+        _waiting.add(job_id)
     try:
         return _watcher(cfg).wait(job_id)
     except BaseException as stop:
@@ -170,6 +171,20 @@ def _wait(cfg: CrocoConfig, job_id: str) -> list[slurm.JobStatus]:
             log.warning("cancelling SLURM job %s: the flow run waiting on it was stopped", job_id)
             slurm.cancel([job_id])
         raise
+    finally:
+        with _lock:
+            _waiting.discard(job_id)
+
+
+def cancel_waiting_jobs() -> None:
+    """Cancel every job this process's units are waiting on, for a flow run being cancelled while its units wait in
+    worker threads: a signal reaches only the main thread, and Prefect's thread pool neither interrupts its workers
+    nor lets the flow end before they return. Each waiting unit then fails as cancelled (not retried)."""
+    with _lock:
+        jobs = sorted(_waiting)
+    if jobs:
+        log.warning("cancelling SLURM jobs %s: the flow run waiting on them is being cancelled", ", ".join(jobs))
+        slurm.cancel(jobs)
 
 
 def _states(statuses: list[slurm.JobStatus]) -> str:
