@@ -16,6 +16,7 @@ second waits on the first's lock and then finds its record. The locks are leases
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from prefect.tasks import exponential_backoff
 from croco.config import CrocoConfig
 from croco.embedded import cache_dir
 from croco.errors import CrocoError
-from croco.fileio import stable_hash
+from croco.fileio import remembered_sha256, stable_hash
 from croco.leases import LeaseLockManager
 from croco.plan import Unit, library_versions
 from croco.storage import Storage, Version, storage_of
@@ -144,6 +145,7 @@ def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
             "key": unit.key,
             "settings": unit.settings,
             "libraries": library_versions(),  # in no key: see plan.library_versions
+            **container_image(),
             "lineage": lineage,
             "wall_s": round(time.perf_counter() - started, 2),
             **report,
@@ -153,6 +155,14 @@ def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
 
     log.info(summary_line(unit, manifest))
     return manifest
+
+
+def container_image() -> dict[str, Any]:
+    """The Apptainer/Singularity image this process runs in (path and sha256), for the manifest; nothing outside one."""
+    path = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    if not path or not Path(path).is_file():  # a sandbox folder, or no container
+        return {"image": {"path": path}} if path else {}
+    return {"image": {"path": path, "sha256": remembered_sha256([Path(path)])[Path(path)]}}
 
 
 def intact(version: Version) -> dict[str, Any] | None:

@@ -71,27 +71,33 @@ def _read_memo(memo_path: Path) -> dict[str, str]:
 
 
 def folder_sha256(folder: Path) -> str:
-    """A digest of every file in a folder (names and contents). File hashes are remembered by path, size and
-    modification time in the croco cache, so a 9B model's 18 GB are read once, not at every plan."""
+    """A digest of every file in a folder (names and contents), each file's hash remembered (`remembered_sha256`)."""
+    files = sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    hashes = remembered_sha256(files)
+    return stable_hash([[path.relative_to(folder).as_posix(), hashes[path]] for path in files])
+
+
+def remembered_sha256(paths: list[Path]) -> dict[Path, str]:
+    """The sha256 of each file, remembered by path, size and modification time in the croco cache, so a 9B model's
+    18 GB (or a cluster image) are read once, not at every plan or job."""
     from croco.embedded import cache_dir
 
     memo_path = cache_dir() / "file-hashes.json"
     with _MEMO_GUARD:
         memo = _read_memo(memo_path)
-    found = {}
-    parts = []
-    for path in sorted(
-        p
-        for p in Path(folder).rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ):
+    found, hashes = {}, {}
+    for path in paths:
         stat = path.stat()
         stamp = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if stamp not in memo:
             found[stamp] = memo[stamp] = file_sha256(path)
-        parts.append([path.relative_to(folder).as_posix(), memo[stamp]])
+        hashes[path] = memo[stamp]
     if found:  # added to the memo as it is now: what another thread or process added meanwhile stays
         with _MEMO_GUARD:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(memo_path, json.dumps({**_read_memo(memo_path), **found}).encode())
-    return stable_hash(parts)
+    return hashes

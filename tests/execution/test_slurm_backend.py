@@ -3,6 +3,7 @@ generate and score unit is a job running `croco unit` under a stand-in container
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from conftest import REPO, make_config, prompt_record, run, save_config, version, write_jsonl
 from croco.config import parse_config
 from croco.errors import CrocoError
+from croco.execution.slurm import accounting_field
 from croco.execution.slurm_backend import (
     JOB_RECORD,
     JobFailed,
@@ -113,6 +115,7 @@ record={record}/$SLURM_JOB_ID
 printf '%s\\n' "$@" > "$record.argv"
 env > "$record.env"
 while [ "$#" -gt 0 ] && [[ "$1" != *.sif ]]; do shift; done
+export APPTAINER_CONTAINER=$1  # as apptainer sets it inside
 shift
 {step}
 exec "$@"
@@ -125,6 +128,7 @@ def stand_in(folder: Path, step: str = "") -> list[str]:
     program = folder / "apptainer"
     program.write_text(STAND_IN.format(record=folder / "records", step=step))
     program.chmod(0o755)
+    (folder / "croco.sif").write_bytes(b"an image of croco")
     return [str(program), "exec", "--rocm", "-B", str(folder), str(folder / "croco.sif")]
 
 
@@ -179,6 +183,16 @@ def test_generate_and_score_run_as_jobs_under_the_container_while_the_flow_runs_
         assert "PREFECT_" not in env and "HF_HUB_OFFLINE=1" in env
     assert not Path(version(cfg, "prompts/en").path, JOB_RECORD).exists()  # prompts stayed local
     assert version(cfg, "score/da").manifest()["records_out"] == 6
+    # Both languages' generate jobs were in the queue together (units in parallel): their runs overlap.
+    (en_start, en_end), (da_start, da_end) = (
+        accounting_field(job_of(cfg, f"generate/{code}")["job_id"], "Start,End").split("|") for code in ("en", "da")
+    )
+    assert en_start < da_end and da_start < en_end
+    image = {"path": container[-1], "sha256": hashlib.sha256(b"an image of croco").hexdigest()}
+    assert (
+        version(cfg, "generate/da").manifest()["image"] == image
+        and "image" not in version(cfg, "prompts/en").manifest()
+    )
 
 
 def many_prompts(tmp_path: Path, n: int) -> Path:
