@@ -81,6 +81,21 @@ def test_rendered_job_scripts_match_their_golden_files(name: str, slurm: dict):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
+def test_a_training_unit_on_several_gpus_starts_under_accelerate_launch_with_one_process_per_gpu():
+    config = golden_config(partition="standard-g", gpus_per_node=8, container=["singularity", "exec", "image.sif"])
+    cfg = parse_config({**config, "sft": {"distributed": "zero2", "gradient_accumulation": 16}})
+    script = render_script(cfg, Unit("sft", "all", "0123456789abcdef"), Path("/jobs/config.yaml"))
+    command = (
+        "singularity exec image.sif python -m croco.distributed zero2 8 -m croco.cli unit sft all 0123456789abcdef"
+    )
+    assert f"exec {command} --config /jobs/config.yaml" in script
+    generate = render_script(cfg, Unit("generate", "da", "0123456789abcdef"), Path("/jobs/config.yaml"))
+    assert "exec singularity exec image.sif croco unit generate da" in generate
+    with pytest.raises(CrocoError, match=r"sft.gradient_accumulation \(12\) must be a multiple of the 8 devices"):
+        uneven = parse_config({**config, "sft": {"gradient_accumulation": 12}})
+        render_script(uneven, Unit("sft", "all", "0123456789abcdef"), Path("/jobs/config.yaml"))
+
+
 def test_a_job_gets_no_prefect_settings_and_s3_credentials_only_for_an_s3_root(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-local-jobs")

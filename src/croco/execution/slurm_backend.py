@@ -45,16 +45,29 @@ class JobFailed(Exception):
     out of memory, a crash): Prefect retries the task, and the new job resumes from the finished shards."""
 
 
+TRAINING_STAGES = ("sft", "dpo")
+
+
 def render_script(cfg: CrocoConfig, unit: Unit, config_path: Path) -> str:
     """The job script of one unit: the `#SBATCH` lines from the stage's settings, then `croco unit` (under the
     container prefix, if any) with every value shell-quoted."""
     settings = cfg.execution.for_stage(unit.stage).slurm
-    argv = [*settings.container, *settings.croco, "unit", unit.stage, unit.language, unit.key]
+    argv = [*settings.container, *_croco(cfg, unit.stage, settings), "unit", unit.stage, unit.language, unit.key]
     argv += ["--model", unit.model] if unit.model else []
     argv += ["--config", str(config_path)]
     return _template().render(
         slurm=settings, job_name=re.sub(r"[^A-Za-z0-9._-]", "_", f"croco-{unit.run_name}"), unit_id=unit.id, argv=argv
     )
+
+
+def _croco(cfg: CrocoConfig, stage: str, settings: SlurmConfig) -> list[str]:
+    """How the job starts croco: a training unit on several GPUs under `accelerate launch` (one process per GPU, the
+    config `sft.distributed` / `dpo.distributed` names), everything else as `execution.slurm.croco` says."""
+    if stage in TRAINING_STAGES and settings.gpus_per_node > 1:
+        from croco.distributed import launcher  # here: it loads torch
+
+        return [*launcher(cfg, stage, settings.gpus_per_node), "-m", "croco.cli"]
+    return settings.croco
 
 
 @functools.cache
