@@ -151,7 +151,14 @@ def run_units(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, State
                 task_ = task_.with_options(tags={local_models_tag()})
             upstream = [futures[unit_id] for unit_id, _ in unit.inputs]
             futures[unit.id] = runner.submit(task_, {"cfg": cfg, "unit": unit}, wait_for=upstream)
-        wait(list(futures.values()))
+        try:
+            wait(list(futures.values()))
+        except BaseException:  # the flow run cancelled or stopped: its jobs must not go on (threads cannot see it)
+            if on_cluster:
+                from croco.execution.slurm_backend import cancel_waiting_jobs
+
+                cancel_waiting_jobs()
+            raise
     states = {unit_id: future.state for unit_id, future in futures.items()}
     failed = [unit_id for unit_id, state in states.items() if not state.is_completed()]
     if failed:
