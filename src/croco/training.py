@@ -23,6 +23,7 @@ TRL does the training; this module only wires the paper's settings into it:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import shutil
@@ -107,6 +108,15 @@ def lora(settings: TrainingConfig):
     )
 
 
+def _checkpointing_argument() -> str:
+    """Gradient checkpointing's name: `activation_checkpointing` in newer transformers 5 releases,
+    `gradient_checkpointing` before (vLLM's CPU build holds transformers at 5.19)."""
+    from transformers import TrainingArguments
+
+    parameters = inspect.signature(TrainingArguments.__init__).parameters
+    return "activation_checkpointing" if "activation_checkpointing" in parameters else "gradient_checkpointing"
+
+
 def arguments(
     settings: TrainingConfig, folder: Path, seed: int, device: torch.device, has_eval: bool, accumulation: int
 ) -> dict[str, Any]:
@@ -128,7 +138,7 @@ def arguments(
         "seed": seed,
         "bf16": gpu,
         "use_cpu": not gpu,
-        "activation_checkpointing": gpu,  # transformers 5's name for gradient checkpointing
+        _checkpointing_argument(): gpu,
         "eval_strategy": "epoch" if has_eval else "no",
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
