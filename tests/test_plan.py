@@ -30,7 +30,13 @@ def test_execution_settings_never_change_a_key(tmp_path, tiny_models, prompts_fi
         retries={"default": {"attempts": 5, "delay_s": 1}},
         sft={"save_steps": 7},
         name="another-name",
-        execution={"cluster": str(REPO / "configs/clusters/lumi.yaml"), "stages": {"prompts": {"kind": "local"}}},
+        # On the cluster, on CPUs: a job's GPUs decide what `auto` runs on, which is in the key (see
+        # test_a_stage_run_as_gpu_jobs_is_keyed_for_the_gpu_not_for_the_planning_machine).
+        execution={
+            "cluster": str(REPO / "configs/clusters/lumi.yaml"),
+            "slurm": {"gpus_per_node": 0},
+            "stages": {"prompts": {"kind": "local"}},
+        },
     )
     assert keys(faster) == base
     served = {"name": "openai", "base_url": "http://127.0.0.1:8000/v1", "served_model": "policy"}

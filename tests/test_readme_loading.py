@@ -35,6 +35,8 @@ def test_the_readme_loads_a_local_and_an_s3_version_under_hf_datasets_offline(tm
             "sample_index": 0,
             "prompt_tokens": 1,
             "completion_tokens": 1,
+            "detected_confidence": 0.9,
+            "line_pass_rate": None,
         }
         for i in range(3)
     ]

@@ -253,7 +253,8 @@ fi""",
 def flow_in_a_subprocess(cfg, prefect_api: str, log: Path, path_prefix: Path | None = None) -> subprocess.Popen:
     config = save_config(cfg, Path(cfg.storage.root + ".yaml"))
     code = f"from croco.flows.pipeline import pipeline; pipeline(config={str(config)!r}, stages=['generate'])"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    # Short leases: a restarted flow waits for the killed one's unit lease to expire (three heartbeats).
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "CROCO_HEARTBEAT_S": "2"}
     if path_prefix:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
     with open(log, "wb") as out:
