@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -55,6 +56,11 @@ def load_run_config(
     if "://" in config:
         with fsspec.open(config, "rb") as handle:
             raw = read_yaml(decode_text(handle.read(), config))
+    elif not Path(config).expanduser().is_absolute() and not Path(config).exists():
+        raise CrocoError(
+            f"config file {config} does not exist in {Path.cwd()}, this run's working folder (a deployment's is the "
+            "folder it was deployed from); give the config as an absolute path or a URI (s3://...)"
+        )
     else:
         raw = None
     updates: dict = {}

@@ -33,6 +33,7 @@ EPILOG = """examples:
   croco runs configs/demo.yaml                     the runs kept in the config's storage, and which are still going
   croco gc configs/demo.yaml --keep 3 --dry-run    what gc would delete, keeping the 3 newest completed runs
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
+  croco deploy configs/my-run.yaml --schedule "0 3 * * *"   its deployments on the Prefect server, refreshed daily
 """
 
 
@@ -68,8 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--notify",
         action="store_true",
-        help="emit the Prefect event croco.config.languages-added if the config has new languages",
+        help="emit the Prefect event croco.config.languages-added if the config has new languages; it carries the "
+        "config (an absolute path or URI) and the overrides, and starts that config's croco-languages deployment",
     )
+    deploy = commands.add_parser(
+        "deploy",
+        help="create or update the config's deployments croco-pipeline/NAME, croco-evaluate/NAME, croco-languages/NAME",
+        description="Create or update the config's three deployments on the Prefect server (PREFECT_API_URL), named "
+        "after the config's `name`, with its absolute path or URI as their parameter. Runs start in this folder (where "
+        "the config's relative paths resolve). croco-languages/NAME carries the schedule and the trigger that "
+        "`croco plan CONFIG --notify` fires.",
+    )
+    deploy.add_argument("config", help="YAML run config: a local path (made absolute) or a URI (s3://...)")
+    deploy.add_argument(
+        "--schedule", metavar="CRON", help="run croco-languages/NAME on this cron schedule (UTC), e.g. '0 3 * * *'"
+    )
+    deploy.add_argument("--pool", default="croco", metavar="NAME", help="the process work pool (default: croco)")
+    undeploy = commands.add_parser("undeploy", help="delete the deployments (and trigger) of the config named NAME")
+    undeploy.add_argument("name", help="the config's `name`")
     runs = commands.add_parser(
         "runs", help="list the runs recorded in the config's storage, newest first: running, completed, failed, or died"
     )
@@ -215,6 +232,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _migrate(args)
     if args.command == "unit":
         return _unit(args)
+    if args.command in ("deploy", "undeploy"):
+        return _deploy(args)
     if args.config is None:
         raise CrocoError(f"croco {args.command} needs a CONFIG file")
     if _runs_a_flow(args) or getattr(args, "notify", False):  # what reaches Prefect, before any flow run exists
@@ -319,8 +338,10 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
 
     storage = storage_of(cfg)
     if args.command == "plan":
+        from croco.events import carried, languages_added
         from croco.plan import build_plan, describe
 
+        announced = carried(args.config, args.overrides) if args.notify else None  # refused before the plan is built
         rows = describe(build_plan(cfg), storage)
         width = max(len(r["unit"]) for r in rows)
         for row in rows:
@@ -329,10 +350,14 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
         new = [code for code in cfg.languages if before is not None and code not in before]
         if new:
             print(f"new languages since the last run of {cfg.name}: {', '.join(new)}")
-            if args.notify:
-                from croco.events import languages_added
-
-                languages_added(cfg, args.config, new)
+            if announced:
+                languages_added(cfg.name, announced, new)
+                print(
+                    f"announced {', '.join(new)} to the Prefect server: {cfg.name}'s croco-languages deployment runs them"
+                )
+        elif announced:
+            why = "no earlier run" if before is None else "no language is new since the last run"
+            print(f"nothing to announce: {why} of {cfg.name}")
         return 0
     if args.command == "runs":
         for run in runs.records(storage):
@@ -347,6 +372,23 @@ def _inspect(args: argparse.Namespace, cfg) -> int:
     print(
         f"{verb} {len(collected.versions)} versions and {len(collected.records)} run records; kept {len(collected.kept)} versions"
     )
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from croco import deploy
+
+    if args.command == "undeploy":
+        for name in deploy.undeploy(args.name):
+            print(f"deleted {name}")
+        return 0
+    refuse_credentials({"config": [args.config]})  # deployment parameters are stored as they are
+    from croco.flows.execute import load_run_config
+
+    config = deploy.absolute_config(args.config)
+    cfg = load_run_config(config, None)
+    for name in deploy.deploy(cfg.name, config, args.schedule, args.pool):
+        print(f"deployed {name}")
     return 0
 
 
