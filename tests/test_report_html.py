@@ -176,6 +176,8 @@ def test_croco_report_writes_a_runs_report_again_from_its_record(two_variants, c
     page.unlink()
     assert main(["report", "in-language", "--storage", str(folder / "store")]) == 0
     assert capsys.readouterr().out.strip() == str(page) and '<section id="training">' in page.read_text()
+    assert main(["report", str(folder / "store.yaml")]) == 0  # the config file the last run saved: the variant's
+    assert "/reports/chosen-in-language/" in capsys.readouterr().out
     assert main(["report", "nothing-like-it", "--storage", str(folder / "store")]) == 2
     assert "no completed run of a config named nothing-like-it" in capsys.readouterr().err
 
@@ -205,7 +207,12 @@ def test_the_report_artifact_shows_every_section_and_its_images_in_the_prefect_u
 
     *_, cfg = two_variants
     port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI asks port 4200 otherwise
+    }
     env.pop("PREFECT_API_URL", None)
     server = ["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)]
     with background(server, f"http://127.0.0.1:{port}/api/health", tmp_path / "server.log", env=env):
