@@ -10,7 +10,6 @@ its shards.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from pathlib import Path
@@ -28,10 +27,10 @@ from croco.execution import runs_here
 from croco.fileio import decode_text
 from croco.plan import Plan, build_plan, describe, stage_modules
 from croco.redaction import redact_value, refuse_credentials
-from croco.report import run_folder, show_as_newest, write_report
+from croco.report import show_as_newest, write_report
 from croco.runs import LiveRun, completed, timestamp, utc_now
 from croco.storage import Storage, storage_of
-from croco.summaries import publish_markdown, publish_summary, publish_table
+from croco.summaries import artifact_key, publish_markdown, publish_summary
 
 log = logging.getLogger("croco")
 
@@ -98,7 +97,11 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
     }
     with LiveRun(storage, record) as live:  # a failed or interrupted run is recorded as failed
         planned = describe(plan, storage)
-        publish_table(planned, f"croco-plan-{cfg.name}", "What this run found cached and what it ran")
+        publish_markdown(
+            _plan_table(planned),
+            artifact_key("croco", cfg.name, "1-plan"),
+            "What this run found cached and what it ran",
+        )
         log.info(
             "plan: %d units, %d cached, %d skipped",
             len(plan.units),
@@ -111,24 +114,24 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         cached = {unit_id: state.name == "Cached" for unit_id, state in states.items()}
         for unit in plan.units:
             if cached[unit.id]:  # a unit that ran has published its summary itself
-                publish_summary(unit, storage.version_at(unit.version_path).manifest())
-        manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
-        sections = _evaluation_sections(cfg, plan, storage, run_id)
-        report_uri, report = write_report(cfg, plan, storage, manifests, sections, live.record)
-        publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")
+                publish_summary(unit, storage.version_at(unit.version_path).manifest(), cfg.name)
+        live.update(cached=cached)
+        report_uri, html_uri, report = write_report(cfg, storage, live.record)
+        publish_markdown(report, artifact_key("croco", cfg.name, "2-report"), f"croco report for {cfg.name}")
         # Where the bucket keeps object versions, the exact manifest objects this run used (recorded, never relied on).
         object_versions = {unit.id: storage.version_at(unit.version_path).manifest_version_id() for unit in plan.units}
         object_versions = {"manifest_version_ids": object_versions} if any(object_versions.values()) else {}
-        live.finish("completed", report=report_uri, **object_versions)
+        live.finish("completed", report=report_uri, html=html_uri, **object_versions)
     # A newer run of this config that finished first keeps its report where a person looks first.
     if completed(storage, cfg.name)[0]["run_id"] == run_id:
-        show_as_newest(storage, cfg, run_id, report)
+        show_as_newest(storage, cfg.name, run_id)
     log.info(
         "run %s: %d units ran, %d were cached", run_id, sum(not hit for hit in cached.values()), sum(cached.values())
     )
     return {
         "run_id": run_id,
         "report": report_uri,
+        "html": html_uri,
         "versions": {unit.id: storage.version_at(unit.version_path).uri for unit in plan.units},
         "cached": cached,
     }
@@ -173,30 +176,10 @@ def run_units(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, State
     return states
 
 
-def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id: str) -> dict[str, str]:
-    """Tables computed across languages from the judge and EuroEval versions, saved beside the run's report."""
-    from croco.tasks import euroeval, judge
-
-    folder = run_folder(storage, cfg, run_id)
-    sections = {}
-    judged = [storage.version_at(u.version_path) for u in plan.of("judge")]
-    if judged:
-        found = judge.results(cfg, judged)
-        storage.put(f"{folder}/judge_results.json", json.dumps(found["rows"], indent=2).encode())
-        storage.put(f"{folder}/judge_results.md", found["markdown"].encode())
-        storage.put(f"{folder}/win_rates.png", found["plot"])
-        publish_markdown(found["markdown"], f"croco-win-rates-{cfg.name}", "Arena win rates against the baseline")
-        overall = found["markdown"].split("\n\nPer subcategory:")[0]
-        sections["Arena win rates"] = (
-            f"{overall}\n\nFull table: [judge_results.md](judge_results.md)\n\n![Arena win rates](win_rates.png)"
-        )
-    benchmarked = {u.id: storage.version_at(u.version_path) for u in plan.of("euroeval")}
-    if benchmarked:
-        markdown = "\n".join(euroeval.summarize(cfg, benchmarked)) + "\n"
-        storage.put(f"{folder}/euroeval_results.md", markdown.encode())
-        publish_markdown(markdown, f"croco-euroeval-{cfg.name}", "EuroEval scores against the baseline")
-        sections["EuroEval"] = markdown
-    return sections
+def _plan_table(rows: list[dict[str, str]]) -> str:
+    """The plan as one Markdown table: the UI pages a table artifact at 10 rows, and a run has dozens of units."""
+    lines = ["| unit | state | version |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {r['unit']} | {r['state']} | `{r['version']}` |" for r in rows]) + "\n"
 
 
 def _flow_run_id() -> str:

@@ -36,8 +36,10 @@ def test_demo_config_runs_every_stage_on_embedded_models(tmp_path, demo_reward, 
     assert len(samples) == len(scores) == 2 * 2 * 3
     assert all(s["response"].strip() for s in samples)
     assert all(math.isfinite(s["reward"]) for s in scores)
-    report = (store / "runs" / "demo" / "report.md").read_text()  # the newest run's, where a person looks first
-    [folder] = [path.parent for path in (store / "runs" / "demo").glob("*/report.md")]  # the run's own, with its plots
+    report = (store / "reports" / "demo" / "report.md").read_text()  # the newest run's, where a person looks first
+    [folder] = [
+        path.parent for path in (store / "reports" / "demo").glob("*/report.md")
+    ]  # the run's own, with its plots
     assert "## Rewards" in report and "| ga |" in report and (folder / "rewards.png").stat().st_size > 1000
     for stage in ("sft", "dpo"):
         trained = version(cfg, f"{stage}/all")

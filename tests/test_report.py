@@ -37,7 +37,6 @@ def test_report_reads_no_column_it_does_not_show_and_texts_only_of_the_samples_i
     run(cfg, stages=["score"])
     storage = Storage(cfg.storage.root)
     plan = build_plan(cfg, ["score"])
-    manifests = {u.id: storage.version_at(u.version_path).manifest() for u in plan.units}
 
     reads = []
     read_table = pq.read_table
@@ -48,9 +47,8 @@ def test_report_reads_no_column_it_does_not_show_and_texts_only_of_the_samples_i
         return table
 
     monkeypatch.setattr(pq, "read_table", spy)
-    _, report = write_report(
-        cfg, plan, storage, manifests, {}, {"run_id": "r1", "started_at": "2026-01-01T00:00:00+00:00", "config": {}}
-    )
+    record = {"run_id": "r1", "started_at": "2026-01-01T00:00:00+00:00", "config": {}}
+    _, _, report = write_report(cfg, storage, {**record, "versions": {u.id: u.version_path for u in plan.units}})
 
     assert reads and not any(every_column for _, every_column, _ in reads)
     assert not any(
@@ -76,7 +74,7 @@ def test_every_run_has_its_own_report_naming_it_and_the_newest_is_also_where_a_p
             and f"policy `{tiny_models['policy']}`" in text
             and "`generate.num_samples=3`" in text
         )
-    front = Path(cfg.storage.root) / "runs" / cfg.name / "report.md"
+    front = Path(cfg.storage.root) / "reports" / cfg.name / "report.md"
     assert f"Run `{second['run_id']}`" in front.read_text()
     for report in (*reports.values(), front):
         links = re.findall(r"\]\(([^)]+)\)", report.read_text())

@@ -107,7 +107,7 @@ def stage_task(work: Work):
         from croco.summaries import publish_summary
 
         manifest = backend_for(cfg, unit.stage).run(cfg, unit, work)
-        publish_summary(unit, manifest)
+        publish_summary(unit, manifest, cfg.name)
         return reference(manifest)
 
     run_unit.work = work

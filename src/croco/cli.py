@@ -31,10 +31,15 @@ EPILOG = """examples:
   croco generate configs/demo.yaml                 one stage (and the finished work it reads)
   croco judge configs/demo.yaml judge.ties=win     recount the arena tables from the stored judgments
   croco runs configs/demo.yaml                     the runs kept in the config's storage, and which are still going
+  croco report configs/demo.yaml                   write the newest completed run's report again, print its HTML file
+  croco compare --storage runs/demo RUN_ID demo     a run against the newest completed run of config `demo`
   croco gc configs/demo.yaml --keep 3 --dry-run    what gc would delete, keeping the 3 newest completed runs
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
   croco deploy configs/my-run.yaml --schedule "0 3 * * *"   its deployments on the Prefect server, refreshed daily
 """
+
+
+RUN_HELP = "a config file (its newest completed run), or with --storage a run id or config name"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--dry-run", action="store_true", help="only list the versions and run records that would be deleted"
     )
+    report = commands.add_parser(
+        "report", help="write a run's report again (report.md and the self-contained report.html) and print its path"
+    )
+    report.add_argument("run", metavar="RUN", help=RUN_HELP)
+    report.add_argument("--storage", metavar="ROOT", help="storage root of a RUN given by run id or config name")
+    compare = commands.add_parser(
+        "compare",
+        help="one table and one chart per metric across runs, marking differences the intervals do not support",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help=RUN_HELP + "; the first is the reference")
+    compare.add_argument("--storage", metavar="ROOT", help="storage root of the RUNs given by run id or config name")
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -228,6 +244,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         prefetch(load_config(args.config, args.overrides))
         log.info("prefetch: done; runs can now use HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1")
         return 0
+    if args.command == "report":
+        from croco.compare import locate
+        from croco.report import rebuild
+
+        print(rebuild(*locate(args.run, args.storage)))
+        return 0
+    if args.command == "compare":
+        from croco.compare import compare
+
+        print(compare(args.runs, args.storage)[0])
+        return 0
     if args.command == "pair" and args.scored:
         return _migrate(args)
     if args.command == "unit":
@@ -250,7 +277,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command]
         )
     log.info("versions: %s", cfg.storage.root)
-    log.info("report:   %s", result["report"])
+    log.info("report:   %s (and %s, one file to open in a browser)", result["report"], result["html"])
     return 0
 
 

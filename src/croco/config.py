@@ -563,7 +563,7 @@ class CrocoConfig(_Section):
     name: str = Field(
         "croco",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Run name: each run's report goes to `<storage.root>/runs/<name>/<run_id>/`, the newest completed one's also to `runs/<name>/report.md`; `croco gc` and `croco runs` go by it.",
+        description="Run name: each run's report goes to `<storage.root>/reports/<name>/<run_id>/` (report.md and the self-contained report.html), the newest completed one's also to `reports/<name>/`; `croco gc`, `croco runs`, `croco report` and `croco compare` go by it.",
     )
     storage: StorageConfig = StorageConfig()
     execution: ExecutionConfig = ExecutionConfig()

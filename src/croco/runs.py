@@ -104,6 +104,11 @@ class LiveRun:
         if not self._finished.is_set():
             self.finish("failed")
 
+    def update(self, **fields: Any) -> None:
+        """Add fields to the record; the next heartbeat writes them."""
+        with self._lock:
+            self.record = {**self.record, **fields}
+
     def finish(self, status: str, **fields: Any) -> None:
         self._finished.set()
         with self._lock:  # a heartbeat being written now cannot overwrite the final record

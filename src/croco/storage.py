@@ -11,7 +11,8 @@ Every stage output is an immutable, content-addressed version:
                                           resumed on another node finds it (croco.training); gone at the commit
         started.json                      the digests of the inputs the work was started from
         manifest.json                     written last: the commit marker, with the size and sha256 of every file
-    <root>/runs/                          run records and reports (croco.runs, croco.report)
+    <root>/runs/                          run records (croco.runs)
+    <root>/reports/                       run reports and comparisons (croco.report, croco.compare)
 
 A shard counts as finished only when its index entry exists and the shard matches it, so a
 killed task resumes from its finished shards and a truncated or corrupt shard is redone; it
@@ -90,7 +91,7 @@ class Storage:
         found = []
         for manifest_or_dir in self.fs.glob(f"{self.root}/*/*/*"):
             relative = manifest_or_dir[len(self.root) + 1 :]
-            if not relative.startswith(("runs/", "_")) and self.fs.isdir(manifest_or_dir):
+            if not relative.startswith(("runs/", "reports/", "_")) and self.fs.isdir(manifest_or_dir):
                 found.append(Version(self, manifest_or_dir))
         return found
 

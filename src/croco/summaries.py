@@ -50,8 +50,9 @@ def in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def publish_summary(unit: Unit, manifest: dict[str, Any]) -> None:
-    """The stage's counts, skips by reason and artifact URI as a Markdown artifact of the task run."""
+def publish_summary(unit: Unit, manifest: dict[str, Any], name: str) -> None:
+    """The stage's counts, skips by reason and artifact URI as a Markdown artifact of the task run, keyed after the
+    run's plan and report (`croco-<name>-1-plan`, `croco-<name>-2-report`): sorted by key, a config's artifacts read in that order."""
     if not in_prefect_run():
         return
     from prefect.artifacts import create_markdown_artifact
@@ -72,7 +73,7 @@ def publish_summary(unit: Unit, manifest: dict[str, Any]) -> None:
             lines.append(f"- {extra.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[extra].items()))
     create_markdown_artifact(
         "\n".join(lines) + "\n",
-        key=artifact_key("croco", unit.stage, unit.language, unit.model or ""),
+        key=artifact_key("croco", name, "3", unit.stage, unit.language, unit.model or ""),
         description=f"croco {unit.id}",
     )
 
@@ -82,10 +83,3 @@ def publish_markdown(markdown: str, key: str, description: str) -> None:
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(markdown, key=artifact_key(key), description=description)
-
-
-def publish_table(rows: list[dict[str, Any]], key: str, description: str) -> None:
-    if in_prefect_run():
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(rows, key=artifact_key(key), description=description)

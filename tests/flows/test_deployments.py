@@ -110,7 +110,12 @@ def test_deployments_worker_ui_run_artifacts_and_new_language_trigger(tmp_path, 
         [pipeline_run] = wait_for_completed(prefect_api, "croco-pipeline/croco-pipeline", 1)
         assert version(cfg, "score/da").committed()
         keys = {a.key for a in artifacts(prefect_api, pipeline_run.id)}
-        assert {"croco-plan-demo", "croco-report-demo", "croco-generate-en", "croco-score-da"} <= keys
+        assert {
+            "croco-demo-1-plan",
+            "croco-demo-2-report",
+            "croco-demo-3-generate-en",
+            "croco-demo-3-score-da",
+        } <= keys
         lines = [entry.message for entry in logs(prefect_api, pipeline_run.id)]
         assert any(line.startswith("generate/en: ") for line in lines), lines[
             :20
