@@ -248,3 +248,9 @@ def test_a_source_to_translate_holds_english(tmp_path, tiny_models, prompts_file
     source = {"path": str(prompts_file), "translate": True, "language": "da"}
     with pytest.raises(CrocoError, match="a source to translate holds English conversations, not language 'da'"):
         make_config(tmp_path, tiny_models, [source], translate=translate)
+
+
+def test_files_brought_translated_keep_the_keys_they_had_before_translation_existed(tmp_path, tiny_models, prompts_file):
+    """The prompts key of prompts_file as croco computed it before the translate stage: finished work stays finished."""
+    plan = build_plan(make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}]))
+    assert (plan.by_id["prompts/da"].key, plan.by_id["prompts/en"].key) == ("33baeea6dbdc2bbd", "ca35f63f8d132e0d")
