@@ -152,7 +152,7 @@ def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
     if translated:
         lines += [
             "",
-            "Translations (`translate.on_bad` is " + f"`{translated[0].settings['translate']['on_bad']}`):",
+            f"Translations, every message checked (`translate.on_bad` is `{translated[0].settings['translate']['on_bad']}`):",
             "",
         ]
         lines += _translation_table(translated, manifests)

@@ -75,7 +75,7 @@ def user(text):
     return {"role": "user", "content": text}
 
 
-def translating_config(tmp_path, tiny_models, source, url=None, **translate):
+def translating_config(tmp_path, tiny_models, source, url=None, execution=None, **translate):
     engine = {"name": "openai", "base_url": url} if url else {"batch_size": 4}
     settings = {"model": {"path": tiny_models["policy"]}, "engine": engine, "max_new_tokens": 6, **translate}
     return make_config(
@@ -84,6 +84,7 @@ def translating_config(tmp_path, tiny_models, source, url=None, **translate):
         [{"path": str(source), "translate": True}],
         languages=["en", "da"],
         translate=settings,
+        **({"execution": execution} if execution else {}),
     )
 
 
@@ -250,7 +251,18 @@ def test_a_source_to_translate_holds_english(tmp_path, tiny_models, prompts_file
         make_config(tmp_path, tiny_models, [source], translate=translate)
 
 
-def test_files_brought_translated_keep_the_keys_they_had_before_translation_existed(tmp_path, tiny_models, prompts_file):
+def test_files_brought_translated_keep_the_keys_they_had_before_translation_existed(
+    tmp_path, tiny_models, prompts_file
+):
     """The prompts key of prompts_file as croco computed it before the translate stage: finished work stays finished."""
     plan = build_plan(make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}]))
     assert (plan.by_id["prompts/da"].key, plan.by_id["prompts/en"].key) == ("33baeea6dbdc2bbd", "ca35f63f8d132e0d")
+
+
+def test_on_a_cluster_translate_units_are_gpu_jobs_of_their_own(tmp_path, tiny_models):
+    source = english_file(tmp_path, [("p0", [user(SKY)])])
+    on_gpus = {"stages": {"translate": {"kind": "slurm", "slurm": {"gpus_per_node": 1}}}}
+    cfg = translating_config(tmp_path, tiny_models, source, execution=on_gpus)
+    translate = build_plan(cfg).by_id["translate/da"]
+    assert translate.settings["engine"] == {"name": "transformers", "device": "cuda", "dtype": "bfloat16"}
+    assert cfg.execution.for_stage("translate").kind == "slurm" and cfg.execution.for_stage("generate").kind == "local"
