@@ -69,9 +69,9 @@ class Plan:
 
 
 def stage_modules() -> list[Stage]:
-    from croco.tasks import arena, dpo, euroeval, generate, judge, pair, prompts, score, sft
+    from croco.tasks import arena, dpo, euroeval, generate, judge, pair, prompts, score, sft, translate
 
-    return [prompts, generate, score, pair, sft, dpo, arena, judge, euroeval]
+    return [prompts, translate, generate, score, pair, sft, dpo, arena, judge, euroeval]
 
 
 def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:

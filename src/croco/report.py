@@ -308,8 +308,14 @@ def _euroeval_section(cfg: CrocoConfig, plan: Plan, storage: Storage) -> list[st
 
 
 def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
-    """Per language, how many answers are in the prompt's language (croco.fidelity): samples, pairs, arena answers."""
+    """Per language, how many translations are in their language, and answers in the prompt's language
+    (croco.fidelity): translations, samples, pairs, arena answers."""
     lines = []
+    translated = [u for u in plan.of("translate") if manifests[u.id].get("fidelity")]
+    if translated:
+        on_bad = translated[0].settings["translate"]["on_bad"]
+        lines += [f"Translations, every message checked (`translate.on_bad` is `{on_bad}`):", ""]
+        lines += [*_translation_table(translated, manifests), ""]
     generated = [u for u in plan.of("generate") if manifests[u.id].get("fidelity")]
     if generated:
         lines += ["Samples:", "", *_answer_table(generated, manifests, "samples"), ""]
@@ -333,6 +339,23 @@ def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
     if answered:
         lines += ["Arena answers:", "", *_answer_table(answered, manifests, "answers")]
     return lines or ["No unit of this run measured language fidelity."]
+
+
+def _translation_table(units, manifests: dict[str, dict]) -> list[str]:
+    rows = [
+        "| language | messages | in the language | copies | off target | extreme length ratio | conversations flagged | skipped |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for unit in units:
+        manifest = manifests[unit.id]
+        fidelity = manifest["fidelity"]
+        flagged = ", ".join(f"{p} {n}" for p, n in fidelity["conversations_flagged"].items()) or "none"
+        skipped = ", ".join(f"{r} {n}" for r, n in sorted(manifest["skipped"].items())) or "none"
+        rows.append(
+            f"| {unit.language} | {fidelity['messages']} | {percent(fidelity['on_target'])} | {fidelity['copies']} "
+            f"| {fidelity['off_target']} | {fidelity['extreme_length_ratio']} | {flagged} of {fidelity['conversations']} | {skipped} |"
+        )
+    return rows
 
 
 def _answer_table(units, manifests: dict[str, dict], what: str) -> list[str]:
