@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -200,6 +201,56 @@ def background(command: list[str], ready_url: str | None, log: Path, cwd: Path |
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def prefect_client_environment(prefect_home: Path) -> dict:
+    """The environment of a user's shell with Prefect and croco on PATH and its own PREFECT_HOME, pointing at no
+    server: no PREFECT_API_URL, and not the logging settings importing croco put in this process's environment."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(prefect_home),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for inherited in ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
+        env.pop(inherited, None)
+    return env
+
+
+@dataclasses.dataclass
+class PrefectServer:
+    env: dict  # a client's environment, PREFECT_API_URL pointing at the server
+    log: Path  # the server's output
+    database: str  # the server's PREFECT_API_DATABASE_CONNECTION_URL
+
+
+@pytest.fixture(scope="session")
+def prefect_postgres_server(tmp_path_factory):
+    """A Prefect server as a team runs one: PostgreSQL from infra/prefect/postgres.sh (Debian's package, a data
+    folder and port of its own) and infra/prefect-server.sh pointed at it, each on a free port. Skips, saying why,
+    where it cannot be set up: not root, or postgresql not installable. The database is deleted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("The PostgreSQL server tests need root to run infra/prefect/postgres.sh.")
+    postgres = ["bash", str(REPO / "infra" / "prefect" / "postgres.sh")]
+    data = tempfile.mkdtemp(prefix="croco-prefect-db-")  # not under tmp_path: the postgres user may not enter it
+    started = subprocess.run([*postgres, "start", data, str(free_port())], capture_output=True, text=True)
+    try:
+        if started.returncode == 2:
+            pytest.skip(f"No PostgreSQL on this machine: {started.stderr.strip().splitlines()[-1]}")
+        assert started.returncode == 0, f"infra/prefect/postgres.sh start failed: {started.stderr[-2000:]}"
+        home = tmp_path_factory.mktemp("prefect-postgres")
+        client = prefect_client_environment(home / "prefect-home")
+        database = started.stdout.strip()
+        server = {**client, "PREFECT_API_DATABASE_CONNECTION_URL": database}  # clients need only the API
+        port = free_port()
+        command = ["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)]
+        with background(command, f"http://127.0.0.1:{port}/api/health", home / "server.log", env=server):
+            yield PrefectServer(
+                {**client, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, home / "server.log", database
+            )
+    finally:
+        subprocess.run([*postgres, "stop", data], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def free_port() -> int:

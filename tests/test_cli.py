@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_redaction import PLANTED, stored_flow_runs
 
-from conftest import REPO, make_config, save_config
+from conftest import REPO, make_config, prompt_record, save_config, write_jsonl
 from croco.cli import main
 from croco.config import STAGE_NAMES
 from croco.errors import CrocoError
@@ -148,6 +149,30 @@ def test_a_killed_run_leaves_no_temporary_prefect_server(tmp_path, tiny_models, 
         croco.kill()
         for pid in filter(alive, servers):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("entry", ["croco prompts CONFIG", "pipeline(config, stages=['prompts'])"])
+def test_a_first_run_with_no_server_sends_no_telemetry_and_prints_no_traceback(tmp_path, tiny_models, entry):
+    """A fresh PREFECT_HOME and no server: croco's temporary server (the CLI's) or Prefect's (the Python API's)
+    creates its SQLite database; its telemetry heartbeat, writing there meanwhile, printed "database is locked"."""
+    rows = [prompt_record("p0", "en"), prompt_record("p0", "da")]
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(write_jsonl(tmp_path / "prompts.jsonl", rows))}])
+    config = str(save_config(cfg, tmp_path / "cfg.yaml"))
+    home = tmp_path / "prefect-home"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(home)
+    }
+    python = (
+        ["-m", "croco.cli", "prompts", config]
+        if entry.startswith("croco")
+        else ["-c", f"from croco.flows.pipeline import pipeline; pipeline(config={config!r}, stages=['prompts'])"]
+    )
+    done = subprocess.run([sys.executable, *python], env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
+    with sqlite3.connect(home / "prefect.db") as database:
+        settings = {key for (key,) in database.execute("SELECT key FROM configuration")}
+    assert "TELEMETRY_SESSION" not in settings  # the heartbeat's first write; it never ran
 
 
 def children(pid: int) -> list[int]:

@@ -347,7 +347,6 @@ def _start_temporary_server() -> None:
             ]
             env = {
                 **os.environ,
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
                 "PREFECT_UI_ENABLED": "0",
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",

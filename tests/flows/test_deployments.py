@@ -4,7 +4,6 @@ trigger fired by `croco plan --notify` when the config gains a language; then `c
 its own schedule and trigger, `--notify` with overrides from another folder, the refusals, and `croco undeploy`."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, background, free_port, make_config, prompt_record, save_config, version, write_jsonl
+from conftest import (
+    REPO,
+    background,
+    free_port,
+    make_config,
+    prefect_client_environment,
+    prompt_record,
+    save_config,
+    version,
+    write_jsonl,
+)
 from croco import runs
 from croco.storage import Storage
 
@@ -23,14 +32,7 @@ BIN = Path(sys.executable).parent
 def prefect_api(tmp_path):
     """`infra/prefect-server.sh` on a free port with its own PREFECT_HOME; yields the environment that points at it."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    for inherited in ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
-        env.pop(inherited, None)  # a user's shell has none of them (importing croco set the last two here)
+    env = prefect_client_environment(tmp_path / "prefect-home")
     with background(
         ["bash", str(REPO / "infra" / "prefect-server.sh"), str(port)],
         f"http://127.0.0.1:{port}/api/health",
