@@ -176,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()  # weight-loading bars drown croco's own progress
     try:
-        return _dispatch(args)
+        status = _dispatch(args)
+        sys.stdout.flush()  # a reader gone early (`croco config --reference | head`) shows here, not at exit
+        return status
     except CrocoError as exc:
         print(f"croco: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do (not SIGPIPE's default action: that would also end croco on a closed socket).
+        # Python flushes stdout once more at exit: into /dev/null, not the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _runs_a_flow(args: argparse.Namespace) -> bool:
