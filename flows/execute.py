@@ -30,7 +30,7 @@ from croco.redaction import redact_value, refuse_credentials
 from croco.report import run_folder, show_as_newest, write_report
 from croco.runs import LiveRun, completed, timestamp, utc_now
 from croco.storage import Storage, storage_of
-from croco.summaries import publish_markdown, publish_summary, publish_table
+from croco.summaries import publish_markdown, publish_summary, publish_table, summary_line
 
 log = logging.getLogger("croco")
 
@@ -103,10 +103,11 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
             log.warning("%s: skipped: %s", unit_id, why)
         states = run_units(cfg, plan, storage)
         cached = {unit_id: state.name == "Cached" for unit_id, state in states.items()}
-        for unit in plan.units:
-            if cached[unit.id]:  # a unit that ran has published its summary itself
-                publish_summary(unit, storage.version_at(unit.version_path).manifest())
         manifests = {unit.id: storage.version_at(unit.version_path).manifest() for unit in plan.units}
+        for unit in plan.units:
+            if cached[unit.id]:  # a unit that ran has logged and published its summary itself
+                log.info(summary_line(unit, manifests[unit.id], reused=True))
+                publish_summary(unit, manifests[unit.id])
         sections = _evaluation_sections(cfg, plan, storage, run_id)
         report_uri, report = write_report(cfg, plan, storage, manifests, sections, live.record)
         publish_markdown(report, f"croco-report-{cfg.name}", f"croco report for {cfg.name}")

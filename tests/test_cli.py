@@ -75,6 +75,23 @@ def test_output_into_a_pipe_closed_early_ends_quietly():
     assert croco.stderr.read() == ""
 
 
+def test_a_line_logged_after_a_command_finds_no_closed_stream(tmp_path):
+    """croco's handler is the command's: a line logged once the command is over (a thread at exit, the next command
+    in the same process, whose stderr was a capture since closed) prints no `--- Logging error ---`."""
+    script = (
+        "import logging, sys\n"
+        "from croco.cli import main\n"
+        f"captured = open({str(tmp_path / 'stderr.txt')!r}, 'w')\n"
+        "real, sys.stderr = sys.stderr, captured\n"
+        "main(['languages'])\n"
+        "captured.close()\n"
+        "sys.stderr = real\n"
+        "logging.getLogger('croco').warning('logged after the command')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "logged after the command\n"
+
+
 def test_a_user_error_inside_a_flow_run_is_its_sentence_and_the_run_log_keeps_the_traceback(
     tmp_path, tiny_models, prefect_server
 ):
