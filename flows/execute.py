@@ -30,7 +30,7 @@ from croco.redaction import redact_value, refuse_credentials
 from croco.report import show_as_newest, write_report
 from croco.runs import LiveRun, completed, timestamp, utc_now
 from croco.storage import Storage, storage_of
-from croco.summaries import artifact_key, publish_markdown, publish_summary
+from croco.summaries import artifact_key, publish_markdown, publish_summary, summary_line
 
 log = logging.getLogger("croco")
 
@@ -113,8 +113,10 @@ def execute(cfg: CrocoConfig, targets: list[str] | None = None) -> dict[str, Any
         states = run_units(cfg, plan, storage)
         cached = {unit_id: state.name == "Cached" for unit_id, state in states.items()}
         for unit in plan.units:
-            if cached[unit.id]:  # a unit that ran has published its summary itself
-                publish_summary(unit, storage.version_at(unit.version_path).manifest(), cfg.name)
+            if cached[unit.id]:  # a unit that ran has logged and published its summary itself
+                manifest = storage.version_at(unit.version_path).manifest()
+                log.info(summary_line(unit, manifest, reused=True))
+                publish_summary(unit, manifest, cfg.name)
         live.update(cached=cached)
         report_uri, html_uri, report = write_report(cfg, storage, live.record)
         publish_markdown(report, artifact_key("croco", cfg.name, "2-report"), f"croco report for {cfg.name}")

@@ -26,7 +26,7 @@ from croco.fileio import stable_hash
 from croco.languages import LANGUAGES
 from croco.plan import Unit
 from croco.records import ARENA_ANSWER
-from croco.sources import local_path, read_source
+from croco.sources import fingerprint, local_path, read_source
 from croco.storage import Version
 from croco.tasks import throughput
 
@@ -45,15 +45,15 @@ def enabled(cfg: CrocoConfig) -> bool:
 
 
 def units(cfg: CrocoConfig) -> list[tuple[str, str]]:
-    check_served_names(cfg)
     """One unit per language with questions and evaluated model; the other languages are `skipped`."""
-    asked = {q["language"] for q in load_questions(cfg)}
+    check_served_names(cfg)
+    asked = asked_languages(cfg)
     return [(code, name) for code in cfg.languages if code in asked for name in contestant_names(cfg)]
 
 
 def skipped(cfg: CrocoConfig) -> dict[str, str]:
     """Why each run language without questions is not evaluated in the arena (the plan counts and reports them)."""
-    asked = {q["language"] for q in load_questions(cfg)}
+    asked = asked_languages(cfg)
     return {
         code: f"{cfg.arena.prompts.path} holds no questions in {LANGUAGES[code].name} ({code})"
         for code in cfg.languages
@@ -66,15 +66,44 @@ def inputs(cfg: CrocoConfig, language: str, model: str) -> list[str]:
 
 
 def settings(cfg: CrocoConfig, language: str, model: str) -> dict[str, Any]:
-    asked = [(q["question_id"], q["prompt"]) for q in questions_in(cfg, language)]
     sampling = {key: getattr(cfg.arena, key) for key in ("max_new_tokens", "temperature", "top_p")}
     return {
         "language": language,
         "model": identity(cfg, model, arena_engine(cfg, model)),
         "sampling": sampling,
         "seed": cfg.seed,
-        "questions": stable_hash(asked),
+        "questions": questions_identity(cfg, language),
     }
+
+
+def loaded_by_datasets(cfg: CrocoConfig) -> bool:
+    """A hub dataset or a dataset folder: read in the unit, never while planning (the planning machine may have neither
+    `datasets` nor the data); a local JSON/JSONL file is read here, as plain text."""
+    return local_path(cfg.arena.prompts) is None
+
+
+def asked_languages(cfg: CrocoConfig) -> set[str]:
+    """The run languages with questions (only languages with an m-ArenaHard code are evaluated): those in a local file;
+    of a dataset, the source's `language`, else the language its configuration is named after (m-ArenaHard names each
+    by its language code), else every one m-ArenaHard covers (a unit whose language has none fails, naming it)."""
+    if not loaded_by_datasets(cfg):
+        return {q["language"] for q in load_questions(cfg)}
+    source = cfg.arena.prompts
+    named = any(source.name in (language.code, language.arena_code) for language in LANGUAGES.values())
+    only = source.language or (source.name if named else None)
+    return {
+        code
+        for code in cfg.languages
+        if LANGUAGES[code].arena_code and only in (None, code, LANGUAGES[code].arena_code)
+    }
+
+
+def questions_identity(cfg: CrocoConfig, language: str) -> Any:
+    """What decides a language's questions: those of a local file themselves; of a dataset, its commit (or a folder's
+    content) and how many are sampled (the seed is keyed beside)."""
+    if loaded_by_datasets(cfg):
+        return {"source": fingerprint(cfg.arena.prompts, language, "language"), "per_language": cfg.arena.per_language}
+    return stable_hash([(q["question_id"], q["prompt"]) for q in questions_in(cfg, language)])
 
 
 def questions_in(cfg: CrocoConfig, language: str) -> list[dict]:
@@ -155,6 +184,11 @@ def _subsample(questions: list[dict], per_language: int | None, seed: int) -> li
 @stage_task
 def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     questions = questions_in(cfg, unit.language)
+    if not questions:  # planned without reading the dataset (`asked_languages`), which holds none in this language
+        raise CrocoError(
+            f"arena prompts {cfg.arena.prompts.path} hold no questions in {LANGUAGES[unit.language].name} ({unit.language}); "
+            "set arena.prompts.language, or leave this language out of the run"
+        )
     shards = {
         f"{i // QUESTIONS_PER_SHARD:05d}": questions[i : i + QUESTIONS_PER_SHARD]
         for i in range(0, len(questions), QUESTIONS_PER_SHARD)

@@ -113,14 +113,20 @@ def copying(tmp_path, tiny_models, prompts_file):
     during_work.clear()
 
 
-def test_the_cache_key_changes_no_version_and_the_repair_happens_under_the_units_lock(copying, monkeypatch):
-    cfg, storage, unit = copying
+def copy_flow(cfg, storage, unit):
+    """The copy task of this storage, and a flow that runs it on `unit` and returns its state."""
     task = with_execution(copy, cfg, storage)
 
     @flow
     def attempt():
         return task(cfg, unit, return_state=True)
 
+    return task, attempt
+
+
+def test_the_cache_key_changes_no_version_and_the_repair_happens_under_the_units_lock(copying, monkeypatch):
+    cfg, storage, unit = copying
+    task, attempt = copy_flow(cfg, storage, unit)
     assert attempt().name == "Completed"
     out = storage.version("copy", "en", "k")
     generated(storage, "new")  # the input is recomputed: the copy is stale and must be redone, but not before the lock
@@ -140,6 +146,17 @@ def test_the_cache_key_changes_no_version_and_the_repair_happens_under_the_units
     )
     assert attempt().name == "Completed" and locked_while == [True]
     assert out.read(SAMPLE)["response"].to_pylist() == ["new"] * 3
+
+
+def test_a_unit_whose_version_another_run_committed_says_which_unit_it_reused(copying, caplog):
+    cfg, storage, unit = copying
+    _, attempt = copy_flow(cfg, storage, unit)
+    assert attempt().name == "Completed"
+    (result_storage(storage) / record_key(unit)).unlink()  # committed where this machine has no cache record
+    caplog.clear()
+    assert attempt().name == "Completed"
+    lines = [r.getMessage() for r in caplog.records if r.name == "croco"]
+    assert lines == ["copy/en: reused copy/en/k, 3 records out of 3 in, 0 skipped, " + lines[0].split(" skipped, ")[1]]
 
 
 def test_an_input_deleted_before_or_while_a_unit_reads_it_is_named_in_one_sentence(copying):

@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -48,6 +49,48 @@ def test_user_errors_are_one_line_without_traceback(override, error):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["croco: error: " + error.format(config=config)]
+
+
+@pytest.mark.parametrize("command", ["config", "plan"])
+def test_config_refuses_an_evaluated_model_name_that_plan_would_refuse_with_the_same_sentence(command, capsys):
+    config = REPO / "configs" / "demo.yaml"
+    assert main([command, str(config), "evaluate.models={../escape: {path: org/model}}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"croco: error: {config}: key evaluate.models.../escape: a model name may hold only letters, digits, '_', '.' "
+        "and '-' (got '../escape')"
+    ]
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly():
+    """`croco config --reference | head`: no BrokenPipeError traceback."""
+    croco = subprocess.Popen(
+        [sys.executable, "-m", "croco.cli", "config", "--reference"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fcntl.fcntl(croco.stdout, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the reference: croco writes after the close
+    assert croco.stdout.readline().startswith("| key |")
+    croco.stdout.close()
+    assert croco.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert croco.stderr.read() == ""
+
+
+def test_a_line_logged_after_a_command_finds_no_closed_stream(tmp_path):
+    """croco's handler is the command's: a line logged once the command is over (a thread at exit, the next command
+    in the same process, whose stderr was a capture since closed) prints no `--- Logging error ---`."""
+    script = (
+        "import logging, sys\n"
+        "from croco.cli import main\n"
+        f"captured = open({str(tmp_path / 'stderr.txt')!r}, 'w')\n"
+        "real, sys.stderr = sys.stderr, captured\n"
+        "main(['languages'])\n"
+        "captured.close()\n"
+        "sys.stderr = real\n"
+        "logging.getLogger('croco').warning('logged after the command')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "logged after the command\n"
 
 
 def test_a_user_error_inside_a_flow_run_is_its_sentence_and_the_run_log_keeps_the_traceback(

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,18 @@ def test_a_model_is_a_folder_here_an_embedded_model_or_a_hub_id(tmp_path):
     folder.mkdir()
     for fine in (str(folder), "Org/model-1.5B", "gpt2", "embedded:croco-demo-reward"):
         assert parse_config(minimal(judge={"model": {"path": fine}})).judge.model.path == fine
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", ".", "a b"])
+def test_an_evaluated_model_name_is_a_plain_folder_name(name):
+    with pytest.raises(
+        CrocoError,
+        match=rf"^config: key evaluate\.models\.{re.escape(name)}: a model name may hold only letters, digits, '_', '\.' and '-' \(got {re.escape(repr(name))}\)$",
+    ):
+        parse_config(minimal(evaluate={"models": {name: {"path": "org/model"}}}))
+    assert list(
+        parse_config(minimal(evaluate={"models": {"merged-1.5B_v2": {"path": "org/model"}}})).evaluate.models
+    ) == ["merged-1.5B_v2"]
 
 
 def test_an_override_that_is_not_yaml_is_named():

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import REPO, make_config
+from conftest import REPO, make_config, write_jsonl
 from croco.plan import build_plan
 
 
@@ -124,6 +124,50 @@ def test_local_weights_are_keyed_by_content(tmp_path, tiny_models, prompts_file)
     assert {u for u in before if before[u] != after[u]} == {u for u in before if not u.startswith("prompts/")}
 
 
+def test_planning_loads_no_tokenizer_and_no_dataset_and_keys_the_files_behind_them(
+    tmp_path, tiny_models, prompts_file, monkeypatch
+):
+    """A login node plans without the jobs' environment: the chat template and the arena questions are keyed by the
+    files that hold them, never loaded (here: loading fails)."""
+    import shutil
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loaded while planning")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    policy = shutil.copytree(tiny_models["policy"], tmp_path / "policy")
+    arena = tmp_path / "m-arena"  # a dataset folder in m-ArenaHard's layout, read through `datasets`
+    (arena / "data").mkdir(parents=True)
+    for language in ("en", "da"):
+        write_jsonl(
+            arena / "data" / f"{language}.jsonl", [{"question_id": "q1", "prompt": "Hi?", "language": language}]
+        )
+
+    def plan():
+        return build_plan(
+            make_config(
+                tmp_path,
+                {**tiny_models, "policy": str(policy)},
+                [{"path": str(prompts_file)}],
+                arena={"prompts": {"path": str(arena), "split": "test"}},
+                judge={"kind": "reward"},
+            )
+        )
+
+    before = plan()
+    assert {u.id for u in before.of("arena")} >= {"arena/en/policy", "arena/da/policy"}
+    (policy / "chat_template.jinja").write_text((policy / "chat_template.jinja").read_text() + "{# changed #}")
+    (arena / "data" / "da.jsonl").write_text('{"question_id": "q1", "prompt": "Hej?", "language": "da"}\n')
+    after = plan()
+    template = {p.by_id["generate/en"].settings["policy"]["chat_template_sha256"] for p in (before, after)}
+    assert len(template) == 2 and before.by_id["generate/en"].key != after.by_id["generate/en"].key
+    assert before.by_id["arena/en/policy"].key != after.by_id["arena/en/policy"].key  # the folder's content changed
+
+
 def test_keys_do_not_depend_on_where_croco_is_installed():
     from croco.config import DataSource
     from croco.sources import fingerprint
@@ -165,7 +209,8 @@ def test_hub_dataset_names_that_differ_only_in_a_token_like_part_have_their_own_
 def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_stands_for(tmp_path, tiny_models, monkeypatch):
     from huggingface_hub import constants
 
-    from croco.sources import hub_commit
+    from croco.config import DataSource
+    from croco.sources import hub_commit, read_source
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # offline (conftest): the cache's refs answer
     ref = tmp_path / "hub" / "datasets--acme--prompts" / "refs" / "main"
@@ -181,6 +226,11 @@ def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_stands_for(tmp_path, 
 
     first, updated = unit_at("a" * 40), unit_at("b" * 40)
     assert first.key != updated.key and first.settings["inputs"][0]["commit"] == "a" * 40
+    ref.write_text("c" * 40)  # the branch moves after the plan: the unit loads the commit its key holds
+    loaded = []
+    monkeypatch.setattr("datasets.load_dataset", lambda *args, **kwargs: loaded.append(kwargs["revision"]) or [])
+    list(read_source(DataSource(path="acme/prompts", language="en")))
+    assert loaded == ["b" * 40]
     hub_commit.cache_clear()
 
 

@@ -35,6 +35,7 @@ from croco.fileio import remembered_sha256, stable_hash
 from croco.leases import LeaseLockManager
 from croco.plan import Unit, library_versions
 from croco.storage import Storage, Version, storage_of
+from croco.summaries import summary_line
 
 log = logging.getLogger("croco")
 
@@ -122,6 +123,7 @@ def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
     done = intact(out)
     # Committed and intact: another machine's cache record, or a run that finished while this one waited.
     if done is not None:
+        log.info(summary_line(unit, done, reused=True))
         return done
     inputs = {unit_id: storage.version_at(path) for unit_id, path in unit.inputs}
     # Read before the work: an input recomputed while this unit reads it is caught below.
@@ -151,8 +153,6 @@ def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
             **report,
         }
     )
-    from croco.summaries import summary_line
-
     log.info(summary_line(unit, manifest))
     return manifest
 

@@ -201,18 +201,40 @@ def _add_migration_arguments(sub: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not _runs_a_flow(args):  # in a flow, Prefect's logging prints croco's lines (and sends them to the run's logs)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # weight-loading bars drown croco's own progress
+    # In a flow, Prefect's logging prints croco's lines (and sends them to the run's logs).
+    with contextlib.nullcontext() if _runs_a_flow(args) else _lines_to_stderr():
+        return _main(args)
+
+
+@contextlib.contextmanager
+def _lines_to_stderr():
+    """croco's log lines on this stderr while the command runs; not after: a line logged later (a thread at exit, the
+    next command in the same process) would find that stream closed and print a logging error instead."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
     try:
-        return _dispatch(args)
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        status = _dispatch(args)
+        sys.stdout.flush()  # a reader gone early (`croco config --reference | head`) shows here, not at exit
+        return status
     except CrocoError as exc:
         print(f"croco: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do (not SIGPIPE's default action: that would also end croco on a closed socket).
+        # Python flushes stdout once more at exit: into /dev/null, not the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _runs_a_flow(args: argparse.Namespace) -> bool:

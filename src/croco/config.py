@@ -11,10 +11,10 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from croco.embedded import POLICY, PREFIX, REWARD, is_embedded
 from croco.errors import CrocoError
@@ -336,11 +336,18 @@ class DPOConfig(TrainingConfig):
     )
 
 
+def _usable_model_name(name: str) -> str:
+    # An evaluated model's name is a folder name in storage and part of a Prefect artifact key.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise ValueError("a model name may hold only letters, digits, '_', '.' and '-'")
+    return name
+
+
 class EvaluateConfig(_Section):
     run_adapters: list[Literal["sft", "dpo"]] | None = Field(
         None, description="Adapters of this run to evaluate against the policy; default: every enabled training stage."
     )
-    models: dict[str, ModelConfig] = Field(
+    models: dict[Annotated[str, AfterValidator(_usable_model_name)], ModelConfig] = Field(
         {}, description="More models to evaluate, by name (a merged folder, another adapter, a hub id)."
     )
     baseline: str = Field("policy", description="The model every other one is compared with.")
@@ -769,7 +776,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 def _explain(error: dict[str, Any]) -> str:
     """One sentence naming the key and the fix, from pydantic's error record."""
-    loc = [str(p) for p in error["loc"]]
+    loc = [str(p) for p in error["loc"] if p != "[key]"]  # a mapping's key is named by the key itself
     key = ".".join(loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -10,7 +10,6 @@ drift to 50% without a sign).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from croco.config import CrocoConfig, EngineConfig, ModelConfig
@@ -22,7 +21,6 @@ from croco.storage import ALL_LANGUAGES, Version
 from croco.training import ADAPTER_DIR, base_model
 
 RUN_ADAPTERS = ("sft", "dpo")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def run_adapters(cfg: CrocoConfig) -> list[str]:
@@ -39,8 +37,6 @@ def contestant_names(cfg: CrocoConfig) -> list[str]:
             raise CrocoError(
                 f"evaluate.models.{name}: the name {name!r} is taken by the run's own models; choose another"
             )
-        if not SAFE_NAME.match(name) or name in (".", ".."):
-            raise CrocoError(f"evaluate.models.{name}: a model name may hold only letters, digits, '_', '.' and '-'")
         names.append(name)
     if cfg.evaluate.baseline not in names:
         raise CrocoError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,12 +40,10 @@ def load_tokenizer(model: ModelConfig, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model(model.path), revision=model.revision, trust_remote_code=model.trust_remote_code
+        resolve_model(model.path), revision=revision_to_load(model), trust_remote_code=model.trust_remote_code
     )
     if not tokenizer.chat_template:
-        raise CrocoError(
-            f"model {model.path} has no chat template; croco renders every prompt with the model's own template"
-        )
+        raise _no_chat_template(model)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -61,7 +60,7 @@ def load_model(model: ModelConfig, auto_class: Any, device: torch.device, **kwar
     with _LOADING:
         loaded = auto_class.from_pretrained(
             resolve_model(model.path),
-            revision=model.revision,
+            revision=revision_to_load(model),
             trust_remote_code=model.trust_remote_code,
             use_safetensors=True,
             dtype=pick_dtype(model.dtype, device),
@@ -128,14 +127,67 @@ def _context_length(path: str, revision: str | None, trust_remote_code: bool) ->
 def context_length(model: ModelConfig) -> int | None:
     """The tokens, prompt and answer together, that the model's config.json says it attends over (`max_position_embeddings`,
     of the text decoder in a multimodal config); None where it names none. Read once per process, without the weights."""
-    return _context_length(model.path, model.revision, model.trust_remote_code)
+    return _context_length(model.path, revision_to_load(model), model.trust_remote_code)
 
 
-@functools.lru_cache(maxsize=None)
-def _chat_template_sha256(path: str, revision: str | None, trust_remote_code: bool) -> str:
-    """Read once per process: a plan asks for the same model's identity once per unit."""
-    tokenizer = load_tokenizer(ModelConfig(path=path, revision=revision, trust_remote_code=trust_remote_code))
-    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+def is_hub_model(model: ModelConfig) -> bool:
+    return not is_embedded(model.path) and not Path(model.path).is_dir()
+
+
+def revision_to_load(model: ModelConfig) -> str | None:
+    """What to load of a hub model: the commit its key recorded (`hub_commit` is asked once per process, so a branch
+    that moves between planning and loading does not change what loads), or the revision as given where neither the
+    hub nor the cache knows a commit."""
+    if not is_hub_model(model):
+        return model.revision
+    return hub_commit(model.path, model.revision, "model") or model.revision
+
+
+def chat_template(model: ModelConfig) -> str:
+    """The model's chat template as transformers reads it (`chat_template.jinja`, else the `chat_template` entry of
+    `tokenizer_config.json`), read from those files alone: a key needs it, and planning loads no tokenizer."""
+    jinja = _model_file(model, "chat_template.jinja")
+    if jinja is not None:
+        return jinja.read_text(encoding="utf-8")
+    config = _model_file(model, "tokenizer_config.json")
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config else None
+    if isinstance(template, list):  # named templates: transformers renders with the one named `default`
+        template = {entry["name"]: entry["template"] for entry in template}.get("default")
+    if not template:
+        raise _no_chat_template(model)
+    return template
+
+
+def _no_chat_template(model: ModelConfig) -> CrocoError:
+    return CrocoError(
+        f"model {model.path} has no chat template; croco renders every prompt with the model's own template"
+    )
+
+
+def _model_file(model: ModelConfig, name: str) -> Path | None:
+    """A file of the model's folder, or of its hub repository at the commit its key records (from the Hugging Face cache,
+    else downloaded: a few kilobytes); None where the model has no such file."""
+    if not is_hub_model(model):
+        found = Path(resolve_model(model.path)) / name
+        return found if found.is_file() else None
+    from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    revision = revision_to_load(model)
+    cached = try_to_load_from_cache(model.path, name, revision=revision)
+    if cached is _CACHED_NO_EXIST:
+        return None
+    if cached is not None:
+        return Path(cached)
+    try:
+        return Path(hf_hub_download(model.path, name, revision=revision))
+    except RemoteEntryNotFoundError:
+        return None
+    except Exception as exc:  # offline and not cached, no such repository, no access
+        raise CrocoError(
+            f"cannot read {name} of model {model.path} (its chat template is in every key that uses the model): "
+            f"{str(exc).splitlines()[0]}; run `croco prefetch` where the hub is reachable, or point models at a local folder"
+        ) from None
 
 
 def model_identity(model: ModelConfig) -> dict[str, Any]:
@@ -145,7 +197,7 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
     the manifest shows and the key leaves out: the same weights copied elsewhere keep their key."""
     found: dict[str, Any] = {
         "dtype": model.dtype,
-        "chat_template_sha256": _chat_template_sha256(model.path, model.revision, model.trust_remote_code),
+        "chat_template_sha256": hashlib.sha256(chat_template(model).encode()).hexdigest()[:16],
     }
     if model.chat_template_kwargs:
         found["chat_template_kwargs"] = model.chat_template_kwargs

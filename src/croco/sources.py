@@ -70,7 +70,7 @@ def _read_hub(source: DataSource, name: str | None) -> Iterator[tuple[str, Any]]
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source.path, name=name, split=source.split, revision=source.revision)
+        dataset = datasets.load_dataset(source.path, name=name, split=source.split, revision=revision_to_load(source))
     except Exception as exc:  # datasets raises many kinds; the user needs the id and the cause
         raise CrocoError(
             f"could not load dataset {source.path!r}{f' configuration {name!r}' if name else ''} split {source.split!r}: {exc}".replace(
@@ -108,6 +108,13 @@ def fingerprint(source: DataSource, language: str, language_field: str) -> dict[
         "revision": source.revision,
         "commit": commit,
     }
+
+
+def revision_to_load(source: DataSource) -> str | None:
+    """What to load of a hub dataset: the commit its key recorded (see `hub_commit`), not a branch that may have moved."""
+    if Path(source.path).is_dir():
+        return source.revision
+    return hub_commit(source.path, source.revision, "dataset") or source.revision
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,18 +11,30 @@ from croco.plan import Unit
 log = logging.getLogger("croco")
 
 
-def summary_line(unit: Unit, manifest: dict[str, Any]) -> str:
+def summary_line(unit: Unit, manifest: dict[str, Any], reused: bool = False) -> str:
+    """The unit's one log line; `reused`: its version was made earlier (a cache hit), and the figures are that work's."""
     skipped = manifest.get("skipped") or {}
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-    line = f"{unit.id}: {manifest['records_out']} records out of {manifest['records_in']} in, {sum(skipped.values())} skipped"
+    line = f"{unit.id}: {'reused ' + manifest['version'] + ', ' if reused else ''}"
+    line += f"{manifest['records_out']} records out of {manifest['records_in']} in, {sum(skipped.values())} skipped"
     line += f" ({reasons})" if reasons else ""
-    line += f", {manifest['wall_s']:.1f} s"
-    rates = manifest.get("throughput") or {}
-    if rates:
-        line += f", {rates['samples_per_s']:.2f} samples/s, {rates['tokens_per_s']:.1f} tokens/s"
+    line += f", {time_text(manifest)}"
     if manifest.get("fidelity"):
         line += f", {fidelity_text(unit, manifest['fidelity'])}"
     return line + "".join(f"; warning: {warning}" for warning in manifest.get("warnings", []))
+
+
+def time_text(manifest: dict[str, Any]) -> str:
+    """The unit's seconds, and its rates over the seconds spent in the model (loading and resumed shards left out),
+    worded the same in the log line and the artifact."""
+    text = f"{manifest['wall_s']:.1f} s"
+    rates = manifest.get("throughput") or {}
+    if rates:
+        text += (
+            f" ({rates['samples_per_s']:.2f} samples/s, {rates['tokens_per_s']:.1f} tokens/s over "
+            f"{rates['seconds']:.1f} s of model work)"
+        )
+    return text
 
 
 def fidelity_text(unit: Unit, fidelity: dict[str, Any]) -> str:
@@ -65,25 +77,30 @@ def publish_summary(unit: Unit, manifest: dict[str, Any], name: str) -> None:
         return
     from prefect.artifacts import create_markdown_artifact
 
+    create_markdown_artifact(
+        summary_markdown(unit, manifest),
+        key=artifact_key("croco", name, "3", unit.stage, unit.language, unit.model or ""),
+        description=f"croco {unit.id}",
+    )
+
+
+def summary_markdown(unit: Unit, manifest: dict[str, Any]) -> str:
     skipped = manifest.get("skipped") or {}
     lines = [
         f"### {unit.id}",
         "",
         f"- version: `{manifest['uri']}`",
         f"- records: {manifest['records_out']} out of {manifest['records_in']} in",
+        f"- time: {time_text(manifest)}",
     ]
     lines += [f"- skipped, {reason}: {count}" for reason, count in sorted(skipped.items())]
     lines += [f"- **warning**: {warning}" for warning in manifest.get("warnings", [])]
     if manifest.get("fidelity"):
         lines.append(f"- language fidelity: {fidelity_text(unit, manifest['fidelity'])}")
-    for extra in ("products", "finish_reasons", "reward_stats", "throughput"):
+    for extra in ("products", "finish_reasons", "reward_stats"):
         if manifest.get(extra):
             lines.append(f"- {extra.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in manifest[extra].items()))
-    create_markdown_artifact(
-        "\n".join(lines) + "\n",
-        key=artifact_key("croco", name, "3", unit.stage, unit.language, unit.model or ""),
-        description=f"croco {unit.id}",
-    )
+    return "\n".join(lines) + "\n"
 
 
 def publish_markdown(markdown: str, key: str, description: str) -> None:

