@@ -39,12 +39,12 @@ RELATIVE_LINK = re.compile(r"(!?)\[([^\]]*)\]\((?![a-z][a-z0-9+.-]*:|/|#)([^)\s]
 # Every section of a report, in order: (anchor, title, the stages it shows). A section none of whose stages ran says so.
 SECTIONS = (
     ("config", "Config and versions", ()),
-    ("data-flow", "Data flow", ("prompts", "generate", "score", "pair")),
+    ("data-flow", "Data flow", ("prompts", "translate", "generate", "score", "pair")),
     ("rewards", "Rewards and chosen-rejected margins", ("score", "pair")),
     ("training", "Training", ("sft", "dpo")),
     ("arena", "Arena win rates", ("judge",)),
     ("euroeval", "EuroEval", ("euroeval",)),
-    ("fidelity", "Language fidelity", ("generate", "pair", "arena")),
+    ("fidelity", "Language fidelity", ("translate", "generate", "pair", "arena")),
 )
 
 
@@ -313,7 +313,7 @@ def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
     lines = []
     translated = [u for u in plan.of("translate") if manifests[u.id].get("fidelity")]
     if translated:
-        on_bad = translated[0].settings["translate"]["on_bad"]
+        on_bad = manifests[translated[0].id]["settings"]["translate"]["on_bad"]
         lines += [f"Translations, every message checked (`translate.on_bad` is `{on_bad}`):", ""]
         lines += [*_translation_table(translated, manifests), ""]
     generated = [u for u in plan.of("generate") if manifests[u.id].get("fidelity")]
