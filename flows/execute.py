@@ -168,7 +168,8 @@ def run_units(cfg: CrocoConfig, plan: Plan, storage: Storage) -> dict[str, State
 
 
 def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id: str) -> dict[str, str]:
-    """Tables computed across languages from the judge and EuroEval versions, saved beside the run's report."""
+    """Tables computed across languages from the judge, EuroEval and reward audit versions, saved beside the run's
+    report."""
     from croco.tasks import euroeval, judge
 
     folder = run_folder(storage, cfg, run_id)
@@ -190,6 +191,18 @@ def _evaluation_sections(cfg: CrocoConfig, plan: Plan, storage: Storage, run_id:
         storage.put(f"{folder}/euroeval_results.md", markdown.encode())
         publish_markdown(markdown, f"croco-euroeval-{cfg.name}", "EuroEval scores against the baseline")
         sections["EuroEval"] = markdown
+    audited = {u.language: storage.version_at(u.version_path) for u in plan.of("audit_score")}
+    if audited:
+        from croco.tasks import audit_score
+
+        translated = {u.language: storage.version_at(u.version_path) for u in plan.of("audit_translate")}
+        found = audit_score.results(cfg, audited, translated)
+        storage.put(f"{folder}/reward_audit.json", json.dumps(found["rows"], indent=2).encode())
+        storage.put(f"{folder}/reward_audit.md", found["markdown"].encode())
+        storage.put(f"{folder}/reward_audit.png", found["plot"])
+        publish_markdown(found["markdown"], f"croco-reward-audit-{cfg.name}", "Reward transfer audit per language")
+        log.info("reward audit:\n%s", found["markdown"])
+        sections["Reward transfer audit"] = f"{found['markdown']}\n![Reward transfer audit](reward_audit.png)"
     return sections
 
 
