@@ -39,6 +39,7 @@ class Stage(Protocol):
 # One line per stage for `croco --help`, without importing the stages (and torch with them).
 STAGE_DOCS = {
     "prompts": "load and validate the prompts (JSON/JSONL or a datasets dataset)",
+    "translate": "translate the English prompts of sources marked `translate` into the run's other languages",
     "generate": "sample answers to every prompt from the policy",
     "score": "score every answer with the reward model",
     "pair": "build SFT and DPO training sets from the scored answers (or from the original code's files)",

@@ -1,5 +1,7 @@
 """Stage 1: the policy answers every prompt of one language `num_samples` times (its self-generations).
 
+The prompts are the language's loaded ones, or its translations where the config translates it (croco.translation).
+
 The first user message of each conversation is sent, optionally with an instruction to
 answer in the prompt's language; both the original and the sent text are kept. Prompts are
 cut into shards; each shard has its own seed, drawn from the run seed, the language and the
@@ -37,6 +39,7 @@ from croco.plan import Unit
 from croco.records import PROMPT, SAMPLE, SKIPPED
 from croco.storage import Version
 from croco.tasks import always, per_language, throughput
+from croco.translation import prompts_unit
 
 log = logging.getLogger("croco")
 
@@ -50,7 +53,7 @@ units = per_language
 
 
 def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
-    return [f"prompts/{language}"]
+    return [prompts_unit(cfg, language)]
 
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def shard_name(index: int) -> str:
 @stage_task
 def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     settings_ = cfg.generate
-    prompts = inputs[f"prompts/{unit.language}"].read(PROMPT).to_pylist()
+    prompts = inputs[prompts_unit(cfg, unit.language)].read(PROMPT).to_pylist()  # loaded or translated
     shards = [prompts[i : i + settings_.prompts_per_shard] for i in range(0, len(prompts), settings_.prompts_per_shard)]
     finished = out.finished_shards()
     todo = [i for i in range(len(shards)) if shard_name(i) not in finished]

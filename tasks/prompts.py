@@ -4,7 +4,8 @@ Each record needs a stable prompt id (shared by all translations of one conversa
 language and a `messages` list with at least one user turn. A record that breaks a rule
 stops the run with its file and line, or, with `data.on_invalid: reject`, is written to
 files/rejects.jsonl with its reason and counted. A unit reads only the sources that can hold
-its language (those with its `language`, or with none), so adding a language or a source
+its language (those with its `language`, or with none; a source marked `translate` only English, which a run
+that translates loads even when English is not one of its languages), so adding a language or a source
 for another language leaves this language's version as it is; records of other languages
 are counted, not kept.
 """
@@ -25,7 +26,8 @@ from croco.plan import Unit
 from croco.records import PROMPT
 from croco.sources import Malformed, fingerprint, read_source
 from croco.storage import Version
-from croco.tasks import always, per_language
+from croco.tasks import always
+from croco.translation import SOURCE_LANGUAGE, translated_languages
 
 log = logging.getLogger("croco")
 
@@ -36,7 +38,15 @@ ROLES = {"system", "user", "assistant"}
 REJECTS_FILE = "rejects.jsonl"
 
 enabled = always
-units = per_language
+
+
+def units(cfg: CrocoConfig) -> list[tuple[str, None]]:
+    """The run's languages that are not translated, and English where any is: the translations' source."""
+    translated = translated_languages(cfg)
+    loaded = [code for code in cfg.languages if code not in translated]
+    return [
+        (code, None) for code in loaded + ([SOURCE_LANGUAGE] if translated and SOURCE_LANGUAGE not in loaded else [])
+    ]
 
 
 class InvalidRecord(Exception):
@@ -48,7 +58,12 @@ def inputs(cfg: CrocoConfig, language: str, model: None) -> list[str]:
 
 
 def sources_for(cfg: CrocoConfig, language: str) -> list[DataSource]:
-    return [source for source in cfg.data.sources if source.language in (None, language)]
+    """The sources that can hold `language`'s records; those marked `translate` hold English only."""
+    return [
+        source
+        for source in cfg.data.sources
+        if source.language in (None, language) and (language == SOURCE_LANGUAGE or not source.translate)
+    ]
 
 
 def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
@@ -56,8 +71,8 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
     return {
         "language": language,
         "sources": [
-            source.model_dump(exclude={"path"}) for source in sources
-        ],  # each one's path or id is in its fingerprint
+            source.model_dump(exclude={"path", "translate"}) for source in sources
+        ],  # each one's path or id is in its fingerprint; `translate` says who else reads it, not what it holds
         "data": cfg.data.model_dump(exclude={"sources"}),
         "seed": cfg.seed,
         "inputs": [fingerprint(source, language, cfg.data.language_field) for source in sources],

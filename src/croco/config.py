@@ -23,6 +23,7 @@ from croco.languages import LANGUAGES
 
 STAGE_NAMES = [
     "prompts",
+    "translate",
     "generate",
     "score",
     "pair",
@@ -97,6 +98,17 @@ class DataSource(_Section):
     split: str = Field("train", description="Dataset split (Hugging Face datasets only).")
     name: str | None = Field(None, description="Dataset configuration name (Hugging Face datasets only).")
     revision: str | None = Field(None, description="Dataset revision (Hugging Face datasets only).")
+    translate: bool = Field(
+        False,
+        description="English conversations to translate (`translate`): the run's other languages get their prompts from "
+        "these, translated, instead of from sources of their own. Its records are English (others are counted, not kept).",
+    )
+
+    @model_validator(mode="after")
+    def _translates_english(self):
+        if self.translate and self.language not in (None, "en"):
+            raise ValueError(f"a source to translate holds English conversations, not language {self.language!r}")
+        return self
 
 
 class DataConfig(_Section):
@@ -186,6 +198,60 @@ class GenerateConfig(_Section):
     prompts_per_shard: int = Field(
         64, gt=0, description="Prompts per output shard; a crash loses at most one shard of work."
     )
+
+
+class TranslateConfig(_Section):
+    model: ModelConfig | None = Field(
+        None,
+        description="The translator (required when a data source is marked `translate`), e.g. "
+        "`Infomaniak-AI/vllm-translategemma-27b-it` (the paper's).",
+    )
+    engine: EngineConfig = Field(EngineConfig(), description="Engine that runs the translator.")
+    languages: list[str] | None = Field(
+        None,
+        description="Which of the run's languages are translated from the English source; default: every one but English. "
+        "The others read their own sources, as without translation.",
+    )
+    prompt_format: Literal["auto", "translategemma", "instruction"] = Field(
+        "auto",
+        description="`translategemma`: `<<<source>>>en<<<target>>>{code}<<<text>>>{text}` as one user turn; `instruction`: "
+        '"Translate this English text into {Language}." then the text; `auto`: translategemma for a model whose path '
+        "names TranslateGemma, else instruction.",
+    )
+    max_new_tokens: int = Field(8192, gt=0, description="Longest translation of one message, in tokens (greedy).")
+    max_prompt_tokens: int = Field(
+        8192,
+        gt=0,
+        description="A conversation with any message whose translation prompt (in the translator's chat template) is longer "
+        "is dropped whole, counted and reported (`prompt_too_long`).",
+    )
+    on_bad: Literal["flag", "drop"] = Field(
+        "flag",
+        description="A conversation with a bad translation (a `copy` of the English, `off_target`: detected in another "
+        "language, `length_ratio`: extreme length against the English) is kept with its `flag` (`flag`), or dropped and "
+        "counted by reason (`drop`).",
+    )
+    min_length_ratio: float = Field(
+        0.33,
+        gt=0,
+        description="Translations shorter than this share of the English, in characters, are `length_ratio`.",
+    )
+    max_length_ratio: float = Field(
+        3.0,
+        gt=0,
+        description="Translations longer than this multiple of the English, in characters, are `length_ratio`.",
+    )
+    conversations_per_shard: int = Field(
+        64, gt=0, description="Conversations per output shard; a crash loses at most one shard of work."
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _not_english(cls, codes: list[str] | None) -> list[str] | None:
+        for code in codes or []:
+            if code not in LANGUAGES or code == "en":
+                raise ValueError(f"{code!r} cannot be translated into from English; name croco languages other than en")
+        return codes
 
 
 class ScoreConfig(_Section):
@@ -605,6 +671,7 @@ class CrocoConfig(_Section):
     )
     models: ModelsConfig
     data: DataConfig
+    translate: TranslateConfig = TranslateConfig()
     generate: GenerateConfig = GenerateConfig()
     score: ScoreConfig = ScoreConfig()
     pair: PairConfig = PairConfig()
@@ -634,6 +701,14 @@ class CrocoConfig(_Section):
                     + (f"; did you mean {close[0]!r}?" if close else f"; use one of {', '.join(known)}")
                 )
         return {"default": RetryConfig(attempts=1), **retries}  # naming one stage keeps the default for the others
+
+    @model_validator(mode="after")
+    def _translator_named(self):
+        if any(source.translate for source in self.data.sources) and self.translate.model is None:
+            raise ValueError(
+                "a data source is marked translate, which needs translate.model, the model that translates it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _judge_named(self):

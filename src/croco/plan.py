@@ -81,9 +81,10 @@ def stage_modules() -> list[Stage]:
         prompts,
         score,
         sft,
+        translate,
     )
 
-    return [prompts, generate, score, pair, sft, dpo, arena, judge, euroeval, audit_translate, audit_score]
+    return [prompts, translate, generate, score, pair, sft, dpo, arena, judge, euroeval, audit_translate, audit_score]
 
 
 def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:

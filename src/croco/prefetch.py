@@ -1,6 +1,6 @@
 """`croco prefetch CONFIG`: download everything a run needs, on a machine with network, for an offline cluster.
 
-Hub models (policy, reward, base, judge, evaluated models) go to the Hugging Face cache, the
+Hub models (policy, reward, base, translator, judge, evaluated models) go to the Hugging Face cache, the
 m-ArenaHard prompts to the datasets cache, and EuroEval's datasets to EuroEval's own cache
 through its `--download-only` mode. Point HF_HOME at shared storage to reuse them offline.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from croco.config import CrocoConfig, ModelConfig
 from croco.embedded import is_embedded
+from croco.translation import translated_languages
 
 log = logging.getLogger("croco")
 
@@ -35,6 +36,8 @@ def _hub_models(cfg: CrocoConfig) -> list[ModelConfig]:
     if cfg.judge.model is not None and cfg.judge.engine.name != "openai":  # a local engine loads its weights here
         models.append(cfg.judge.model)
     models += list(cfg.evaluate.models.values())
+    if translated_languages(cfg):  # on any engine: its tokenizer measures the translation prompts
+        models.append(cfg.translate.model)
     unique = {(m.path, m.revision): m for m in models}
     return [m for m in unique.values() if not is_embedded(m.path) and not Path(m.path).exists()]
 

@@ -30,6 +30,33 @@ DETECTED = [
     ("line_pass_rate", pa.float64()),
 ]
 
+# A translated conversation (the translate stage): a PROMPT record, which generate reads as it reads loaded prompts,
+# plus the English beside it and what language identification says of each translated message. The stage's skipped
+# records are in this schema too: conversations not translated (prompt_too_long, `messages` empty) or dropped.
+TRANSLATION = pa.schema(
+    [
+        *PROMPT,
+        ("english", MESSAGES),  # the source conversation, message for message
+        (
+            "checks",  # one per message (croco.fidelity.translation_check)
+            pa.list_(
+                pa.struct(
+                    [
+                        ("detected_language", pa.string()),
+                        ("detected_confidence", pa.float64()),
+                        ("length_ratio", pa.float64()),  # characters of the translation per character of the English
+                        ("problem", pa.string()),  # copy, off_target, length_ratio; null when none
+                        ("finish_reason", pa.string()),  # as in SAMPLE: "length" is a translation cut off
+                        ("completion_tokens", pa.int32()),
+                    ]
+                )
+            ),
+        ),
+        ("flag", pa.string()),  # the conversation's first problem (or why it was skipped); null when none
+        ("detail", pa.string()),  # for prompt_too_long: how long the longest prompt was
+    ]
+)
+
 SAMPLE = pa.schema(
     [
         ("prompt_id", pa.string()),

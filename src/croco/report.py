@@ -145,11 +145,20 @@ def _training_section(stage: str, manifest: dict, files: str) -> list[str]:
 
 
 def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
-    """Per language, how many answers are in the prompt's language (croco.fidelity): samples, pairs, arena answers."""
+    """Per language, how many translations are in their language, and answers in the prompt's language
+    (croco.fidelity): translations, samples, pairs, arena answers."""
     lines = []
+    translated = [u for u in plan.of("translate") if manifests[u.id].get("fidelity")]
+    if translated:
+        lines += [
+            "",
+            "Translations (`translate.on_bad` is " + f"`{translated[0].settings['translate']['on_bad']}`):",
+            "",
+        ]
+        lines += _translation_table(translated, manifests)
     generated = [u for u in plan.of("generate") if manifests[u.id].get("fidelity")]
     if generated:
-        lines += ["", "## Language fidelity", "", *_answer_table(generated, manifests, "samples")]
+        lines += ["", "Samples:", "", *_answer_table(generated, manifests, "samples")]
     for unit in plan.of("pair"):
         manifest = manifests[unit.id]
         required = manifest["settings"]["pair"]["require_language"]
@@ -171,7 +180,24 @@ def _fidelity_section(plan: Plan, manifests: dict[str, dict]) -> list[str]:
     answered = [u for u in plan.of("arena") if manifests[u.id].get("fidelity")]
     if answered:
         lines += ["", "Arena answers:", "", *_answer_table(answered, manifests, "answers")]
-    return lines
+    return ["", "## Language fidelity", *lines] if lines else []
+
+
+def _translation_table(units, manifests: dict[str, dict]) -> list[str]:
+    rows = [
+        "| language | messages | in the language | copies | off target | extreme length ratio | conversations flagged | skipped |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for unit in units:
+        manifest = manifests[unit.id]
+        fidelity = manifest["fidelity"]
+        flagged = ", ".join(f"{p} {n}" for p, n in fidelity["conversations_flagged"].items()) or "none"
+        skipped = ", ".join(f"{r} {n}" for r, n in sorted(manifest["skipped"].items())) or "none"
+        rows.append(
+            f"| {unit.language} | {fidelity['messages']} | {percent(fidelity['on_target'])} | {fidelity['copies']} "
+            f"| {fidelity['off_target']} | {fidelity['extreme_length_ratio']} | {flagged} of {fidelity['conversations']} | {skipped} |"
+        )
+    return rows
 
 
 def _answer_table(units, manifests: dict[str, dict], what: str) -> list[str]:

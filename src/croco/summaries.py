@@ -26,8 +26,16 @@ def summary_line(unit: Unit, manifest: dict[str, Any]) -> str:
 
 
 def fidelity_text(unit: Unit, fidelity: dict[str, Any]) -> str:
-    """The language fidelity of a unit's answers: of samples and arena answers, the share in the prompt's language and
-    the line pass rate; of pairs, per language, the in-language chosen and rejected answers in their language."""
+    """The language fidelity of a unit's answers: of translations, the share of messages in the target language and
+    the bad ones; of samples and arena answers, the share in the prompt's language and the line pass rate; of pairs,
+    per language, the in-language chosen and rejected answers in their language."""
+    if "messages" in fidelity:
+        flagged = ", ".join(f"{p} {n}" for p, n in fidelity["conversations_flagged"].items()) or "none"
+        return (
+            f"{percent(fidelity['on_target'])} of {fidelity['messages']} messages in {unit.language}, "
+            f"{fidelity['copies']} copies, {fidelity['extreme_length_ratio']} extreme length ratios; "
+            f"conversations with a bad translation: {flagged}"
+        )
     if "on_target" in fidelity:
         return (
             f"{percent(fidelity['on_target'])} in {unit.language}, line pass rate {percent(fidelity['line_pass_rate'])} "
