@@ -193,7 +193,8 @@ def test_audit_end_to_end_on_tiny_models_and_another_reward_model_reuses_the_tra
         tiny_models,
         [{"path": str(prompts)}],
         languages=["da", "ga"],
-        audit={"limit": 4, "max_new_tokens": 6},
+        audit={"limit": 4},
+        translate={"max_new_tokens": 6},
     )
     config = save_config(cfg, tmp_path / "audit.yaml")
     first = audit_reward(config=str(config))

@@ -467,7 +467,6 @@ class AuditConfig(_Section):
     split: str = Field("train", description="Dataset split of `pairs` (datasets only).")
     revision: str | None = Field(None, description="Dataset revision of `pairs` (Hugging Face datasets only).")
     limit: int | None = Field(None, gt=0, description="Audit only the first N pairs.")
-    max_new_tokens: int = Field(256, gt=0, description="Longest translation of one prompt or answer, in tokens.")
 
     @property
     def source(self) -> DataSource:
