@@ -197,7 +197,7 @@ def plot(rows: list[dict[str, Any]]) -> bytes:
         ax.bar(positions, [r[field] if r[field] is not None else math.nan for r in rows], width, label=label)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")  # chance for accuracy and the wrong-language rate
     ax.set_xticks(range(len(rows)), [r["language"] for r in rows])
-    ax.set_ylim(min(-0.1, *(r["margin_spearman"] or 0 for r in rows)), 1.05)
+    ax.set_ylim(min(0.0, *(r["margin_spearman"] or 0 for r in rows)) - 0.1, 1.05)
     ax.set_xlabel("language")
     ax.set_title("Reward transfer audit")
     ax.legend(fontsize="small", loc="lower left")
