@@ -49,6 +49,11 @@ STAGE_DOCS = {
     "judge": "judge arena answers against the baseline and compute win rates with bootstrap intervals",
     "euroeval": "benchmark every evaluated model with EuroEval, each in its own process",
 }
+# Stages that run only when asked for by name (`croco audit-reward`), never as part of the pipeline.
+ON_DEMAND_DOCS = {
+    "audit_translate": "translate the reward audit's English preference pairs into each language",
+    "audit_score": "score both answers of every audit pair with the reward model",
+}
 
 
 def throughput(samples: int, tokens: int, seconds: float) -> dict[str, float]:
@@ -64,6 +69,11 @@ def throughput(samples: int, tokens: int, seconds: float) -> dict[str, float]:
 
 def per_language(cfg: CrocoConfig) -> list[tuple[str, None]]:
     return [(code, None) for code in cfg.languages]
+
+
+def with_english(cfg: CrocoConfig) -> list[tuple[str, None]]:
+    """English and the run's languages: stages that compare every language with English."""
+    return [(code, None) for code in ["en", *(code for code in cfg.languages if code != "en")]]
 
 
 def across_languages(cfg: CrocoConfig) -> list[tuple[str, None]]:

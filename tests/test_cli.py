@@ -18,9 +18,10 @@ from conftest import REPO, make_config, prompt_record, save_config, write_jsonl
 from croco.cli import main
 from croco.config import STAGE_NAMES
 from croco.errors import CrocoError
+from croco.tasks import STAGE_DOCS
 
 
-@pytest.mark.parametrize("command", ["run", *STAGE_NAMES, "config", "plan", "runs", "gc"])
+@pytest.mark.parametrize("command", ["run", *STAGE_DOCS, "audit-reward", "config", "plan", "runs", "gc"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
@@ -270,9 +271,9 @@ def test_readme_config_reference_is_current():
 
 def test_help_lists_every_stage_in_pipeline_order():
     from croco.plan import stage_modules
-    from croco.tasks import STAGE_DOCS
+    from croco.tasks import ON_DEMAND_DOCS, STAGE_DOCS
 
-    assert list(STAGE_DOCS) == STAGE_NAMES == [module.NAME for module in stage_modules()]
+    assert [*STAGE_DOCS, *ON_DEMAND_DOCS] == STAGE_NAMES == [module.NAME for module in stage_modules()]
 
 
 def test_prefetch_of_the_demo_has_nothing_to_download():

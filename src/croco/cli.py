@@ -20,7 +20,7 @@ from croco.config import config_reference, load_config
 from croco.errors import CrocoError
 from croco.languages import LANGUAGES
 from croco.redaction import redact_value, refuse_credentials
-from croco.tasks import STAGE_DOCS
+from croco.tasks import ON_DEMAND_DOCS, STAGE_DOCS
 
 log = logging.getLogger("croco")
 
@@ -36,6 +36,24 @@ EPILOG = """examples:
   croco gc configs/demo.yaml --keep 3 --dry-run    what gc would delete, keeping the 3 newest completed runs
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
   croco deploy configs/my-run.yaml --schedule "0 3 * * *"   its deployments on the Prefect server, refreshed daily
+  croco audit-reward configs/demo.yaml             how well the reward model ranks answers in each language vs English
+"""
+
+AUDIT_DESCRIPTION = """\
+The reward transfer audit. English preference pairs (a prompt, a clearly better and a
+clearly worse answer) are translated into the config's languages by its translator (translate.model,
+else the policy), and the reward model scores both answers under the translated prompt. Per language:
+
+  accuracy        the share of pairs whose chosen answer scores above the rejected one
+  margin rho      Spearman's correlation of the pairs' margins (chosen minus rejected)
+                  with their English margins
+  wrong language  the share of pairs where the untranslated English chosen answer
+                  outscores the translated one, both under the translated prompt
+
+40 pairs ship with croco; use your own JSON/JSONL file or dataset with the fields pair_id,
+prompt, chosen and rejected with audit.pairs=FILE. Writes a Markdown table and a plot
+into the run's report (and its Prefect artifact). Finished translations and scores are
+cache hits: auditing another reward model (models.reward.path=...) translates nothing again.
 """
 
 
@@ -69,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(sub, optional=name == "pair")  # pair also has a form that takes files instead
         if name == "pair":
             _add_migration_arguments(sub)
+    audit = commands.add_parser(
+        "audit-reward",
+        help="measure how well the config's reward model ranks answers in each of its languages, against English",
+        description=AUDIT_DESCRIPTION,
+        epilog="examples:\n  croco audit-reward configs/demo.yaml\n"
+        "  croco audit-reward configs/demo.yaml models.reward.path=Skywork/Skywork-Reward-V2-Llama-3.1-8B\n"
+        "  croco audit-reward configs/demo.yaml audit.pairs=my_pairs.jsonl audit.limit=20 languages=[da,de]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    with_config(audit)
     plan = commands.add_parser("plan", help="print, per stage and language, what is cached and what would run")
     with_config(plan)
     plan.add_argument(
@@ -158,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Do exactly one unit's work, resuming from its finished shards, and commit its version; reads "
         "nothing from Prefect. The flow's SLURM backend writes the config and runs this in each job.",
     )
-    unit.add_argument("stage", choices=list(STAGE_DOCS))
+    unit.add_argument("stage", choices=[*STAGE_DOCS, *ON_DEMAND_DOCS])
     unit.add_argument("language", help="language code, or `all` for pair and training")
     unit.add_argument("key", help="the unit's key as the flow computed it; the job checks that it computes the same")
     unit.add_argument("--model", help="the evaluated model, for arena, judge and euroeval units")
@@ -238,7 +266,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _runs_a_flow(args: argparse.Namespace) -> bool:
-    return args.command == "run" or (args.command in STAGE_DOCS and not getattr(args, "scored", None))
+    return args.command in ("run", "audit-reward") or (args.command in STAGE_DOCS and not getattr(args, "scored", None))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -291,13 +319,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("plan", "runs", "gc"):
         return _inspect(args, cfg)
     # Imported here: Prefect and the stages (torch with them) are not needed by the commands above.
+    from croco.flows.audit import audit_reward
     from croco.flows.pipeline import pipeline
 
     _start_temporary_server()
     with _user_errors_without_tracebacks():
-        result = pipeline(
-            config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command]
-        )
+        if args.command == "audit-reward":
+            result = audit_reward(config=args.config, overrides=args.overrides)
+        else:
+            result = pipeline(
+                config=args.config, overrides=args.overrides, stages=None if args.command == "run" else [args.command]
+            )
     log.info("versions: %s", cfg.storage.root)
     log.info("report:   %s (and %s, one file to open in a browser)", result["report"], result["html"])
     return 0

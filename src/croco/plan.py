@@ -69,14 +69,29 @@ class Plan:
 
 
 def stage_modules() -> list[Stage]:
-    from croco.tasks import arena, dpo, euroeval, generate, judge, pair, prompts, score, sft, translate
+    from croco.tasks import (
+        arena,
+        audit_score,
+        audit_translate,
+        dpo,
+        euroeval,
+        generate,
+        judge,
+        pair,
+        prompts,
+        score,
+        sft,
+        translate,
+    )
 
-    return [prompts, translate, generate, score, pair, sft, dpo, arena, judge, euroeval]
+    return [prompts, translate, generate, score, pair, sft, dpo, arena, judge, euroeval, audit_translate, audit_score]
 
 
 def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
-    """The units of the target stages (every enabled stage by default) and of every stage they read from."""
+    """The units of the target stages (every enabled pipeline stage by default, not the on-demand ones) and of every
+    stage they read from."""
     from croco.models import planned_device  # here: croco.models loads torch
+    from croco.tasks import STAGE_DOCS
 
     modules = {m.NAME: m for m in stage_modules()}
     units: dict[str, Unit] = {}
@@ -114,7 +129,7 @@ def build_plan(cfg: CrocoConfig, targets: Iterable[str] | None = None) -> Plan:
                 redact_value(settings),
             )
             units[unit.id] = unit
-    wanted = set(targets) if targets is not None else set(modules)
+    wanted = set(targets) if targets is not None else set(STAGE_DOCS)
     needed: set[str] = set()
     todo = [u.id for u in units.values() if u.stage in wanted]
     while todo:

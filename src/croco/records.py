@@ -189,3 +189,35 @@ EUROEVAL_SCORE = pa.schema(
         ("ci95", pa.float64()),  # EuroEval's 95% interval half-width; null with a single iteration
     ]
 )
+
+# The reward transfer audit (croco.audit): an English preference pair in one language, the English beside it.
+AUDIT_PAIR = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("language", pa.string()),
+        ("prompt", pa.string()),  # translated (the English itself for en)
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("prompt_en", pa.string()),
+        ("chosen_en", pa.string()),
+        ("rejected_en", pa.string()),
+        ("cut_off", pa.bool_()),  # some translation of the pair hit the token limit
+    ]
+)
+
+# Rewards of one audit pair, all under the translated prompt; english_chosen_reward: the untranslated English chosen
+# answer (null for en).
+AUDIT_SCORE = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("language", pa.string()),
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+        ("english_chosen_reward", pa.float64()),
+        ("reward_model", pa.string()),
+    ]
+)
+
+AUDIT_SKIPPED = pa.schema(
+    [("pair_id", pa.string()), ("language", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)

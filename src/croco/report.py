@@ -45,6 +45,7 @@ SECTIONS = (
     ("arena", "Arena win rates", ("judge",)),
     ("euroeval", "EuroEval", ("euroeval",)),
     ("fidelity", "Language fidelity", ("translate", "generate", "pair", "arena")),
+    ("reward-audit", "Reward transfer audit", ("audit_score",)),
 )
 
 
@@ -134,6 +135,7 @@ def write_report(cfg: CrocoConfig, storage: Storage, record: dict) -> tuple[str,
         "arena": lambda: _arena_section(cfg, plan, storage, folder),
         "euroeval": lambda: _euroeval_section(cfg, plan, storage),
         "fidelity": lambda: _fidelity_section(plan, manifests),
+        "reward-audit": lambda: _audit_section(cfg, plan, storage, folder),
     }
     sections = [
         (anchor, title, "\n".join(content[anchor]() if not shows or stages & set(shows) else _not_run(plan, shows)))
@@ -299,6 +301,20 @@ def _arena_section(cfg: CrocoConfig, plan: Plan, storage: Storage, folder: str) 
     storage.put(f"{folder}/win_rates.png", found["plot"])
     overall = found["markdown"].split("\n\nPer subcategory:")[0]
     return [overall, "", "Full table: [judge_results.md](judge_results.md)", "", "![Arena win rates](win_rates.png)"]
+
+
+def _audit_section(cfg: CrocoConfig, plan: Plan, storage: Storage, folder: str) -> list[str]:
+    """The reward transfer audit per language (croco.audit), from its score and translation versions; the table
+    and the plot saved beside."""
+    from croco.tasks import audit_score
+
+    audited = {u.language: storage.version_at(u.version_path) for u in plan.of("audit_score")}
+    translated = {u.language: storage.version_at(u.version_path) for u in plan.of("audit_translate")}
+    found = audit_score.results(cfg, audited, translated)
+    storage.put(f"{folder}/reward_audit.json", json.dumps(found["rows"], indent=2).encode())
+    storage.put(f"{folder}/reward_audit.md", found["markdown"].encode())
+    storage.put(f"{folder}/reward_audit.png", found["plot"])
+    return [found["markdown"], "", "![Reward transfer audit](reward_audit.png)"]
 
 
 def _euroeval_section(cfg: CrocoConfig, plan: Plan, storage: Storage) -> list[str]:
