@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +36,13 @@ def config(root: Path, languages: list[str]) -> dict:
         },
         "data": {"sources": [{"path": "embedded:demo-prompts"}], "subsample": 2},
         "generate": {"num_samples": 2, "max_new_tokens": 32},
+        "arena": {"prompts": {"path": "embedded:demo-arena"}},  # planned, not run: only generate is asked for
+        "judge": {"kind": "reward"},
         "execution": {
             "cluster": str(REPO / "configs" / "clusters" / "local-test.yaml"),
             "kind": "local",
-            "stages": {"generate": {"kind": "slurm"}},
+            # The job starts croco with this interpreter: the venv's bin need not be on PATH.
+            "stages": {"generate": {"kind": "slurm", "slurm": {"croco": [sys.executable, "-m", "croco.cli"]}}},
         },
     }
 
@@ -46,6 +50,7 @@ def config(root: Path, languages: list[str]) -> dict:
 def timed_run(folder: Path, languages: list[str]) -> tuple[float, list[tuple[str, str]]]:
     from croco.flows.pipeline import pipeline
 
+    folder.mkdir(parents=True)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config(folder / "store", languages)))
     started = time.perf_counter()

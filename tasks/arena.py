@@ -193,8 +193,7 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
         f"{i // QUESTIONS_PER_SHARD:05d}": questions[i : i + QUESTIONS_PER_SHARD]
         for i in range(0, len(questions), QUESTIONS_PER_SHARD)
     }
-    finished = out.finished_shards()
-    todo = [name for name in shards if name not in finished]
+    todo = out.todo(list(shards))
     work_s, new_answers, new_tokens = 0.0, 0, 0
     if todo:
         model = resolve(cfg, unit.model, inputs)
@@ -212,6 +211,8 @@ def arena(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
                 out.write_shard(name, records, ARENA_ANSWER)
                 new_answers += len(records)
                 new_tokens += sum(r["completion_tokens"] or 0 for r in records)  # an unknown count (None) is left out
+    if out.array_task:
+        return {}  # one array task's shards: the flow commits once every task's are done
 
     answers = out.read(ARENA_ANSWER).to_pylist()
     fields = ("question_id", "prompt", "output", "reasoning", "generator", "category", "subcategory")

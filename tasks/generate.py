@@ -105,8 +105,7 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
     settings_ = cfg.generate
     prompts = inputs[prompts_unit(cfg, unit.language)].read(PROMPT).to_pylist()  # loaded or translated
     shards = [prompts[i : i + settings_.prompts_per_shard] for i in range(0, len(prompts), settings_.prompts_per_shard)]
-    finished = out.finished_shards()
-    todo = [i for i in range(len(shards)) if shard_name(i) not in finished]
+    todo = [int(name) for name in out.todo([shard_name(i) for i in range(len(shards))])]  # a name is its index
     resumed = len(shards) - len(todo)
 
     work_s, new_samples, new_tokens = 0.0, 0, 0
@@ -138,6 +137,8 @@ def generate(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Versi
                 out.write_shard(shard_name(index), records, SAMPLE, skipped, SKIPPED)
                 new_samples += len(records)
                 new_tokens += sum(r["completion_tokens"] or 0 for r in records)  # an unknown count (None) is left out
+    if out.array_task:
+        return {}  # one array task's shards: the flow commits once every task's are done
 
     written = out.read(SAMPLE, columns=["finish_reason", "completion_tokens", "detected_language", "line_pass_rate"])
     skipped_reasons = Counter(out.read(SKIPPED, columns=["reason"], skipped=True)["reason"].to_pylist())

@@ -50,9 +50,7 @@ def settings(cfg: CrocoConfig, language: str, model: None) -> dict[str, Any]:
 def score(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]) -> dict[str, Any]:
     # Score shard i holds the scores of generate shard i, so resume works shard by shard here too.
     upstream = inputs[f"generate/{unit.language}"]
-    shards = upstream.shard_names()
-    finished = out.finished_shards()
-    todo = [i for i in shards if i not in finished]
+    todo = out.todo(upstream.shard_names())
 
     work_s, new_samples, new_tokens = 0.0, 0, 0
     if todo:
@@ -72,6 +70,8 @@ def score(cfg: CrocoConfig, unit: Unit, out: Version, inputs: dict[str, Version]
                 out.write_shard(index, scored, SCORE, skipped, SKIPPED)
                 new_samples += len(samples)
                 new_tokens += sum(s.num_tokens for s in scores if s.reward is not None)
+    if out.array_task:
+        return {}  # one array task's shards: the flow commits once every task's are done
 
     skipped_reasons = Counter(out.read(SKIPPED, skipped=True)["reason"].to_pylist())
     rewards = out.read(SCORE, columns=["reward"])["reward"]

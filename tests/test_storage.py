@@ -5,7 +5,7 @@ import pytest
 
 from croco.errors import CrocoError
 from croco.records import SAMPLE
-from croco.storage import CorruptShard, MissingVersion, Storage
+from croco.storage import COMMIT_ONLY, CorruptShard, MissingVersion, ShardsMissing, Share, Storage
 
 
 def sample(i: int) -> dict:
@@ -205,3 +205,20 @@ def test_a_remote_adapter_is_copied_once_per_content_and_a_concurrent_copy_is_us
 def test_credentials_in_the_root_are_refused():
     with pytest.raises(CrocoError, match="must not hold credentials"):
         Storage("s3://key:secret@bucket/prefix")
+
+
+def test_an_array_task_does_its_share_of_the_unfinished_shards_and_the_commit_only_step_none(tmp_path):
+    version = Storage(str(tmp_path / "store")).version("generate", "en", "k1", writing=True)
+    names = [f"{i:05d}" for i in range(7)]
+    version.write_shard("00003", [sample(3)], SAMPLE)
+    version.share = Share(0, 3)
+    assert version.todo(names) == ["00000", "00006"]  # positions 0, 3, 6; 3 is finished
+    version.share = Share(1, 3)
+    assert version.todo(names) == ["00001", "00004"]
+    version.share = COMMIT_ONLY
+    with pytest.raises(ShardsMissing) as missing:
+        version.todo(names)
+    assert (missing.value.missing, missing.value.total) == ([0, 1, 2, 4, 5, 6], 7)
+    assert version.todo(["00003"]) == []
+    version.share = None
+    assert version.todo(names) == ["00000", "00001", "00002", "00004", "00005", "00006"]

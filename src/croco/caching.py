@@ -34,7 +34,7 @@ from croco.errors import CrocoError
 from croco.fileio import remembered_sha256, stable_hash
 from croco.leases import LeaseLockManager
 from croco.plan import Unit, library_versions
-from croco.storage import Storage, Version, storage_of
+from croco.storage import Share, Storage, Version, storage_of
 from croco.summaries import summary_line
 
 log = logging.getLogger("croco")
@@ -115,11 +115,13 @@ def stage_task(work: Work):
     return run_unit
 
 
-def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
+def run_here(cfg: CrocoConfig, unit: Unit, work: Work, share: Share | None = None) -> dict[str, Any]:
     """Do one unit's work in this process and commit its version; returns its manifest. Resumes from the shards
-    a killed attempt finished; reads nothing from Prefect, so a SLURM job runs exactly this (`croco unit`)."""
+    a killed attempt finished; reads nothing from Prefect, so a SLURM job runs exactly this (`croco unit`). With a
+    `share` (one task of a job array), only its shards and no commit ({} returned); with COMMIT_ONLY, no shard."""
     storage = storage_of(cfg)
     out = storage.version(unit.stage, unit.language, unit.key, writing=True)
+    out.share = share
     done = intact(out)
     # Committed and intact: another machine's cache record, or a run that finished while this one waited.
     if done is not None:
@@ -139,6 +141,9 @@ def run_here(cfg: CrocoConfig, unit: Unit, work: Work) -> dict[str, Any]:
             raise InputChanged(
                 f"{version.uri} was recomputed with other data while {unit.id} read it; run again to redo {unit.id} from the new data"
             )
+    if out.array_task:
+        out.flush()
+        return {}
     manifest = out.commit(
         {
             "stage": unit.stage,

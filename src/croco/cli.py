@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     unit.add_argument("key", help="the unit's key as the flow computed it; the job checks that it computes the same")
     unit.add_argument("--model", help="the evaluated model, for arena, judge and euroeval units")
     unit.add_argument("--config", required=True, help="the config the flow wrote for the job")
+    unit.add_argument(
+        "--shares",
+        type=int,
+        help="one task of a job array: do only this task's share of the shards (positions p with p %% SHARES == "
+        "the task's index) and leave the commit to the flow",
+    )
+    unit.add_argument(
+        "--share-index",
+        type=int,
+        default=os.environ.get("SLURM_ARRAY_TASK_ID"),
+        help="the task's index (default: SLURM_ARRAY_TASK_ID)",
+    )
     return parser
 
 
@@ -473,9 +485,10 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _unit(args: argparse.Namespace) -> int:
-    from croco.caching import run_here
+    from croco.caching import container_image, run_here
     from croco.models import pick_device
     from croco.plan import build_plan, stage_modules
+    from croco.storage import Share
 
     cfg = load_config(args.config)
     unit_id = "/".join(part for part in (args.stage, args.language, args.model) if part)
@@ -494,8 +507,17 @@ def _unit(args: argparse.Namespace) -> int:
             "sees none; check the job's --gpus-per-node and the container's GPU flag (--rocm or --nv)"
         )
     task = next(getattr(module, module.NAME) for module in stage_modules() if module.NAME == args.stage)
-    manifest = run_here(cfg, unit, task.work)
-    log.info("%s: committed %s", unit_id, manifest["uri"])
+    if args.shares is None:
+        manifest = run_here(cfg, unit, task.work)
+        log.info("%s: committed %s", unit_id, manifest["uri"])
+        return 0
+    if args.share_index is None or not 0 <= args.share_index < args.shares:
+        raise CrocoError(
+            f"croco unit {unit_id} --shares {args.shares} needs --share-index (or SLURM_ARRAY_TASK_ID) below it"
+        )
+    run_here(cfg, unit, task.work, Share(args.share_index, args.shares))
+    image = container_image().get("image", "none")  # the flow writes the manifest: the image is recorded here
+    log.info("%s: share %d of %d done (image: %s); the flow commits", unit_id, args.share_index, args.shares, image)
     return 0
 
 

@@ -559,6 +559,17 @@ class SlurmConfig(_Section):
         "it reads (no credentials are in it); default: `_jobs` in storage.root, which an s3:// root cannot be: name "
         "one on the shared scratch.",
     )
+    array_tasks: int = Field(
+        1,
+        gt=0,
+        description="Above 1, a generate, score or arena unit is one job array of up to this many tasks (each with "
+        "the resources above: one GPU or one tensor-parallel group), task i doing the shards at positions p with "
+        "p % tasks == i; the flow commits the version once every shard is done, and a retry resubmits only the "
+        "tasks whose shards are missing. Other stages ignore it.",
+    )
+    array_throttle: int | None = Field(
+        None, gt=0, description="At most this many tasks of one job array run at once (`--array=...%N`)."
+    )
     poll_min_s: float = Field(
         1.0,
         gt=0,
@@ -567,6 +578,12 @@ class SlurmConfig(_Section):
         "own value counts, not a stage's.",
     )
     poll_max_s: float = Field(30.0, gt=0, description="The longest interval between two looks at the queue.")
+    unknown_job_s: float = Field(
+        60.0,
+        gt=0,
+        description="A job that neither `squeue` nor `sacct` has shown this many seconds after croco began waiting on it "
+        "(purged from the accounting database, or of another cluster) fails its unit.",
+    )
 
     @field_validator("sbatch", "modules", "container", "croco")
     @classmethod

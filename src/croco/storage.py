@@ -59,6 +59,26 @@ _TRANSFERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="croco-storage
 HASH_BLOCK = 8 << 20
 
 
+@dataclass(frozen=True)
+class Share:
+    """The part of a version's shards one process does: those at positions p of the stage's shard list with
+    p % count == index (one task of a SLURM job array). COMMIT_ONLY does none: it commits, every shard done."""
+
+    index: int
+    count: int
+
+
+COMMIT_ONLY = Share(0, 0)
+
+
+class ShardsMissing(Exception):
+    """A version about to be committed lacks shards: `missing` are their positions in the stage's shard list."""
+
+    def __init__(self, version: str, missing: list[int], total: int):
+        super().__init__(f"{version}: {len(missing)} of its {total} shards are not finished")
+        self.missing, self.total = missing, total
+
+
 class CorruptShard(CrocoError):
     """A shard does not match its index entry; its version has been uncommitted so a rerun redoes it."""
 
@@ -179,6 +199,8 @@ class Version:
     # The unit that writes this version reads its finished shards before the commit (to resume); any other
     # reader gets committed data or a MissingVersion error, never a partial or empty table.
     writing: bool = False
+    # Which shards this process does (see todo): all unfinished ones when None.
+    share: Share | None = None
     # Shard uploads in flight (at most UPLOADS_IN_FLIGHT): the next shard is encoded meanwhile.
     _uploads: list[Future] = field(default_factory=list, init=False, repr=False, compare=False)
     # The digests of the inputs this unit's work is made from (see start).
@@ -359,6 +381,24 @@ class Version:
                 continue
             entries[name] = entry
         return entries
+
+    @property
+    def array_task(self) -> bool:
+        """Whether this process does one share of the shards and leaves the commit to the flow."""
+        return self.share is not None and self.share != COMMIT_ONLY
+
+    def todo(self, names: list[str]) -> list[str]:
+        """The shards this process is to do, of `names` (the stage's whole shard list, in order): the unfinished ones,
+        only those of its share if it has one; with COMMIT_ONLY none, and ShardsMissing if any is unfinished."""
+        finished = self.finished_shards()
+        missing = [position for position, name in enumerate(names) if name not in finished]
+        if self.share is None:
+            return [names[p] for p in missing]
+        if self.share == COMMIT_ONLY:
+            if missing:
+                raise ShardsMissing(self.relative, missing, len(names))
+            return []
+        return [names[p] for p in missing if p % self.share.count == self.share.index]
 
     def _matches(self, path: str, entry: dict) -> bool:
         try:

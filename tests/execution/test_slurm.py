@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from croco.errors import CrocoError
-from croco.execution.slurm import JobStatus, JobWatcher, accounting_field, cancel, expand_array_id, submit
+from croco.execution.slurm import (
+    JobStatus,
+    JobWatcher,
+    UnknownJob,
+    accounting_field,
+    cancel,
+    expand_array_id,
+    preflight,
+    submit,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -89,6 +98,27 @@ def test_a_refused_sbatch_raises_a_sentence_quoting_its_stderr(slurm_cluster: st
     message = str(refused.value)
     assert message.startswith(f"sbatch refused {script}: ") and "Invalid partition name specified" in message
     assert message.endswith(".") and "\n" not in message
+
+
+def test_a_preflight_queues_nothing_and_a_refusal_quotes_sbatch_stderr(slurm_cluster: str, tmp_path: Path, caplog):
+    script = job_script(tmp_path, "echo never")
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    preflight(script, export={"OUT": "x"})
+    assert "to start at" in caplog.text  # sbatch's answer, logged by prefect-shell's ShellOperation
+    with pytest.raises(CrocoError) as refused:
+        preflight(script, export={}, extra_args=["--partition=no-such-partition"])
+    message = str(refused.value)
+    assert message.startswith(f"sbatch --test-only refused {script}: sbatch: error: invalid partition specified")
+    assert "Invalid partition name specified" in message and "\n" not in message
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == queued
+
+
+def test_a_job_id_no_command_knows_fails_its_wait_after_the_grace_period():
+    watcher = JobWatcher(min_interval_s=0.2, max_interval_s=0.5, unknown_after_s=2)
+    started = time.monotonic()
+    with pytest.raises(UnknownJob, match="SLURM job 99999999 is known to neither squeue nor sacct 2 s after"):
+        watcher.wait("99999999", timeout_s=60)
+    assert 2 <= time.monotonic() - started < 10
 
 
 def test_cancel_gives_cancelled(slurm_cluster: str, tmp_path: Path):

@@ -22,6 +22,7 @@ from croco.errors import CrocoError
 from croco.execution.slurm import accounting_field
 from croco.execution.slurm_backend import (
     JOB_RECORD,
+    Array,
     JobFailed,
     SlurmBackend,
     cancel_waiting_jobs,
@@ -49,9 +50,11 @@ def golden_config(**slurm) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name, slurm",
+    "name, slurm, array",
     [
-        ("plain", {"partition": "debug", "time": "00:30:00"}),
+        ("plain", {"partition": "debug", "time": "00:30:00"}, None),
+        # Tasks 3 and 4 of 6 finished earlier: only the others go out, at most 2 at once.
+        ("array", {"partition": "standard-g", "gpus_per_node": 1}, Array(6, [0, 1, 2, 5], throttle=2)),
         (
             "container",
             {
@@ -67,13 +70,14 @@ def golden_config(**slurm) -> dict:
                 "rename_env": {"ROCR_VISIBLE_DEVICES": "HIP_VISIBLE_DEVICES"},
                 "container": ["singularity", "exec", "-B", "/scratch/project x", "/scratch/croco's.sif"],
             },
+            None,
         ),
     ],
 )
-def test_rendered_job_scripts_match_their_golden_files(name: str, slurm: dict):
+def test_rendered_job_scripts_match_their_golden_files(name: str, slurm: dict, array: Array | None):
     cfg = parse_config(golden_config(**slurm))
     unit = Unit("arena", "da", "0123456789abcdef", model="dpo")
-    script = render_script(cfg, unit, Path("/scratch/jobs/arena/da/0123456789abcdef/config.yaml"))
+    script = render_script(cfg, unit, Path("/scratch/jobs/arena/da/0123456789abcdef/config.yaml"), array)
     golden = GOLDEN / f"{name}.sbatch"
     if os.environ.get("CROCO_UPDATE_GOLDEN"):
         golden.write_text(script)
@@ -155,13 +159,16 @@ def slurm_config(
     stages=("generate", "score"),
     limit="10:00",
     croco=CROCO,
+    slurm_more: dict | None = None,
     **more,
 ):
-    """The shipped test-cluster profile, with `stages` as jobs under `container` and the others in the flow."""
+    """The shipped test-cluster profile, with `stages` as jobs under `container` and the others in the flow;
+    `slurm_more` goes to the whole `execution.slurm` section."""
     slurm = {"container": container, "croco": croco, "time": limit}
     execution = {
         "cluster": str(REPO / "configs" / "clusters" / "local-test.yaml"),
         "kind": "local",
+        "slurm": slurm_more or {},
         "stages": {stage: {"kind": "slurm", "slurm": slurm} for stage in stages},
     }
     return make_config(tmp_path / "store", tiny_models, [{"path": str(prompts_file)}], execution=execution, **more)
@@ -250,6 +257,90 @@ fi""",
     assert len(version(cfg, "generate/en").manifest()["shards"]) == 40
 
 
+@pytest.mark.slurm
+def test_generate_goes_out_as_job_arrays_and_a_retry_resubmits_only_the_failed_tasks_shards(
+    slurm_cluster, tmp_path, tiny_models, prompts_file, caplog
+):
+    records = tmp_path / "apptainer" / "records"
+    # Every task notes its array, index and argv; en's task 1 fails once, before doing its shard.
+    step = f"""echo "$SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID $*" >> {records}/tasks
+if [ "$SLURM_ARRAY_TASK_ID" = 1 ] && [[ " $* " == *" generate en "* ]] && [ ! -e {records}/failed-once ]; then
+    touch {records}/failed-once
+    exit 1
+fi"""
+    cfg = slurm_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        stand_in(tmp_path / "apptainer", step),
+        stages=("generate",),
+        slurm_more={"array_tasks": 3, "array_throttle": 2},
+        generate={"prompts_per_shard": 1},  # 3 prompts per language: 3 shards, one per task
+        retries={"generate": {"attempts": 1, "delay_s": 0.1}},
+    )
+    run(cfg, stages=["generate"])
+    tasks: dict[tuple[str, str], list[int]] = {}
+    for line in (records / "tasks").read_text().splitlines():
+        array, index, argv = line.split(" ", 2)
+        language = argv.split(" unit generate ")[1].split()[0]
+        assert argv.endswith("--shares 3")
+        tasks.setdefault((language, array), []).append(int(index))
+    (first_en, second_en), (da,) = (
+        sorted(a for lang, a in tasks if lang == "en"),
+        [a for lang, a in tasks if lang == "da"],
+    )
+    assert sorted(tasks["en", first_en]) == [0, 1, 2] and tasks["en", second_en] == [1]
+    assert sorted(tasks["da", da]) == [0, 1, 2]
+    assert sacct(first_en) == ["COMPLETED", "FAILED", "COMPLETED"] and sacct(second_en) == ["COMPLETED"]
+    assert job_of(cfg, "generate/en") | {"submitted_at": 0} == {
+        "job_id": second_en,
+        "script": job_of(cfg, "generate/en")["script"],
+        "submitted_at": 0,
+        "shares": 3,
+        "tasks": [1],
+    }
+    for code in ("en", "da"):
+        manifest = version(cfg, f"generate/{code}").manifest()
+        assert len(manifest["shards"]) == 3 and manifest["records_out"] == 6
+    # One `sbatch --test-only` per script shape, in the run's log: both first arrays (0-2%2), then en's retry (1%2).
+    assert caplog.text.count("to start at") == 2
+
+
+@pytest.mark.slurm
+def test_a_script_sbatch_would_refuse_fails_the_unit_before_any_job_is_queued(
+    slurm_cluster, tmp_path, tiny_models, prompts_file
+):
+    container = stand_in(tmp_path / "apptainer")
+    cfg = slurm_config(tmp_path, tiny_models, prompts_file, container, ("generate",), slurm_more={"partition": "nope"})
+    run(cfg, stages=["prompts"])
+    with pytest.raises(
+        CrocoError, match=r"sbatch --test-only refused .*unit.sbatch: sbatch: error: invalid partition specified: nope"
+    ):
+        SlurmBackend().run(cfg, build_plan(cfg).by_id["generate/en"], generate.work)
+    assert not (Path(version(cfg, "generate/en").path) / JOB_RECORD).exists()
+
+
+@pytest.mark.slurm
+def test_reattaching_to_a_job_id_no_command_knows_fails_the_unit_after_the_grace_period(
+    slurm_cluster, tmp_path, tiny_models, prompts_file
+):
+    cfg = slurm_config(
+        tmp_path,
+        tiny_models,
+        prompts_file,
+        stand_in(tmp_path / "apptainer"),
+        ("generate",),
+        slurm_more={"unknown_job_s": 2},
+    )
+    run(cfg, stages=["prompts"])
+    record = Path(version(cfg, "generate/en").path) / JOB_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"job_id": "99999999", "script": str(tmp_path / "unit.sbatch")}))
+    with pytest.raises(CrocoError, match=r"generate/en: SLURM job 99999999 is known to neither squeue nor sacct 2 s"):
+        SlurmBackend().run(cfg, build_plan(cfg).by_id["generate/en"], generate.work)
+    assert not list((tmp_path / "apptainer" / "records").glob("*.argv"))  # nothing was submitted instead
+
+
 def flow_in_a_subprocess(cfg, prefect_api: str, log: Path, path_prefix: Path | None = None) -> subprocess.Popen:
     config = save_config(cfg, Path(cfg.storage.root + ".yaml"))
     code = f"from croco.flows.pipeline import pipeline; pipeline(config={str(config)!r}, stages=['generate'])"
@@ -296,7 +387,8 @@ def test_a_flow_killed_while_its_job_runs_reattaches_when_restarted_and_submits_
     wait_for(lambda: "waiting on its SLURM job" in (tmp_path / "second.log").read_text(), "re-attach")
     (tmp_path / "release").touch()
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    assert len((calls / "sbatch-calls").read_text().splitlines()) == 1
+    calls_made = (calls / "sbatch-calls").read_text().splitlines()
+    assert len([call for call in calls_made if not call.startswith("--test-only")]) == 1  # one submission
     assert json.loads(record.read_text())["job_id"] == job_id and sacct(job_id) == ["COMPLETED"]
     assert version(cfg, "generate/en").manifest()["records_out"] == 6
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -46,6 +47,10 @@ class JobRefused(CrocoError, SlurmError):
     """sbatch refused the job (partition, account, gres, time limit...): the configuration must change."""
 
 
+class UnknownJob(CrocoError):
+    """Neither squeue nor sacct knows the job: purged from the accounting database, or of another cluster."""
+
+
 @dataclass(frozen=True)
 class JobStatus:
     job_id: str  # "123", or "123_4" for an array task
@@ -60,17 +65,38 @@ class JobStatus:
 def submit(script: Path, *, export: Mapping[str, str], extra_args: Sequence[str] = ()) -> str:
     """sbatch the script; the job's environment is exactly `export` (plus SLURM's own variables). The values
     travel in sbatch's own environment, so they never appear on a command line (`ps` shows every argv)."""
+    result = _run(_sbatch("--parsable", script, export, extra_args), env={**os.environ, **export})
+    if result.returncode != 0:
+        raise _refusal("sbatch", script, result.stderr)
+    return result.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
+
+
+def preflight(script: Path, *, export: Mapping[str, str], extra_args: Sequence[str] = ()) -> None:
+    """`sbatch --test-only` of the script (nothing is queued) as a prefect-shell ShellOperation, so sbatch's answer
+    is in the run's log. ShellOperation's own error lacks stderr: stderr goes to stdout, which the error quotes."""
+    from prefect_shell import ShellOperation
+
+    command = shlex.join(_sbatch("--test-only", script, export, extra_args)) + " 2>&1"
+    with ShellOperation(commands=[command], env=dict(export), stream_output=True) as operation:
+        process = operation.trigger()
+        try:
+            process.wait_for_completion()
+        except RuntimeError:
+            raise _refusal("sbatch --test-only", script, "\n".join(process.fetch_result())) from None
+
+
+def _sbatch(mode: str, script: Path, export: Mapping[str, str], extra_args: Sequence[str]) -> list[str]:
     bad = [name for name in export if not _VARIABLE_NAME.fullmatch(name)]
     if bad:
         raise CrocoError(f"Environment variable names {bad} for the SLURM job of {script} are not valid names.")
-    argv = ["sbatch", "--parsable", "--export=" + (",".join(sorted(export)) or "NONE"), *extra_args, str(script)]
-    result = _run(argv, env={**os.environ, **export})
-    if result.returncode != 0:
-        reason = _last_line(result.stderr)
-        if _UNREACHABLE.search(reason):
-            raise SlurmError(f"sbatch could not submit {script}: {reason}.")
-        raise JobRefused(f"sbatch refused {script}: {reason}; check the SLURM settings the script was rendered from.")
-    return result.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
+    return ["sbatch", mode, "--export=" + (",".join(sorted(export)) or "NONE"), *extra_args, str(script)]
+
+
+def _refusal(command: str, script: Path, stderr: str) -> SlurmError:
+    reason = "; ".join(line.strip() for line in stderr.splitlines() if line.strip()).rstrip(".") or "no error output"
+    if _UNREACHABLE.search(reason):
+        return SlurmError(f"{command} could not reach the controller for {script}: {reason}.")
+    return JobRefused(f"{command} refused {script}: {reason}; check the SLURM settings the script was rendered from.")
 
 
 def cancel(job_ids: Iterable[str]) -> None:
@@ -99,9 +125,10 @@ class JobWatcher:
     all watched jobs, then one `sacct` for those no longer queued; the interval doubles from min to max while
     nothing changes and drops back to min on a change or a new job."""
 
-    def __init__(self, min_interval_s: float = 1.0, max_interval_s: float = 30.0):
+    def __init__(self, min_interval_s: float = 1.0, max_interval_s: float = 30.0, unknown_after_s: float = 60.0):
         self.min_interval_s = min_interval_s
         self.max_interval_s = max_interval_s
+        self.unknown_after_s = unknown_after_s  # a job neither command knows this long after its wait began fails it
         self.calls = 0  # scheduler commands run so far
         self.ticks = 0
         self._lock = threading.Condition()
@@ -110,8 +137,8 @@ class JobWatcher:
         self._new_watch = False  # set by wait(): the poller shortens its sleep to the minimum interval
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> list[JobStatus]:
-        """Block until the job (every task of an array) is terminal; one status per task, in task order. An id the
-        scheduler never gave out is waited on until the timeout (TimeoutError)."""
+        """Block until the job (every task of an array) is terminal; one status per task, in task order. A job that
+        neither squeue nor sacct has shown `unknown_after_s` after the wait began raises UnknownJob."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             watch = self._watches.setdefault(job_id, _Watch())
@@ -145,6 +172,7 @@ class JobWatcher:
                 ids = sorted(self._watches)
                 self._new_watch = False
             started = time.monotonic()
+            seen = None
             try:
                 seen = self._tick(ids)
                 failing_since = None
@@ -153,19 +181,19 @@ class JobWatcher:
                 log.warning("Polling SLURM failed (retrying): %s", error)
                 if time.monotonic() - failing_since > GIVE_UP_AFTER_S:
                     self._fail_all(ids, error)
-                seen = {}
             except Exception as error:  # output this code cannot read: the waiters hear of it, not a dead thread
                 self._fail_all(ids, error)
-                seen = {}
             with self._lock:
                 changed = False
-                for job_id, statuses in seen.items():
+                for job_id, statuses in (seen or {}).items():
                     watch = self._watches.get(job_id)
                     if watch is None:  # its waiters gave up meanwhile
                         continue
                     changed |= watch.merge(job_id, statuses)
                     if watch.result is not None:
                         del self._watches[job_id]
+                if seen is not None:
+                    self._fail_unknown(ids, seen, started)
                 self._lock.notify_all()
                 interval = self.min_interval_s if changed else min(2 * interval, self.max_interval_s)
                 while True:
@@ -199,6 +227,23 @@ class JobWatcher:
             raise SlurmError(f"{argv[0]} failed: {_last_line(result.stderr)}.")
         return [line.split("|") for line in result.stdout.splitlines() if line.strip()]
 
+    def _fail_unknown(self, ids: list[str], seen: dict, now: float) -> None:
+        """Fail the watches of jobs no command has ever shown since their wait began unknown_after_s ago: a new job
+        is in squeue at once, and an ended one stays in sacct until the accounting database is purged."""
+        for job_id in ids:
+            watch = self._watches.get(job_id)
+            if (
+                watch is not None
+                and job_id not in seen
+                and not watch.tasks
+                and now - watch.since > self.unknown_after_s
+            ):
+                watch.error = UnknownJob(
+                    f"SLURM job {job_id} is known to neither squeue nor sacct {self.unknown_after_s:g} s after croco "
+                    "began waiting on it: the accounting database has purged it, or it belongs to another cluster."
+                )
+                del self._watches[job_id]
+
     def _fail_all(self, ids: list[str], error: Exception) -> None:
         with self._lock:
             for job_id in ids:
@@ -210,6 +255,7 @@ class JobWatcher:
 @dataclass
 class _Watch:
     waiters: int = 0
+    since: float = field(default_factory=time.monotonic)  # when the first waiter came
     tasks: dict[str, JobStatus] = field(default_factory=dict)  # the latest status of each task seen
     result: list[JobStatus] | None = None  # set once every task is terminal
     error: Exception | None = None  # set when polling cannot go on

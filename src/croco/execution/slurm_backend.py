@@ -17,6 +17,7 @@ import shlex
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,12 @@ from typing import Any
 import jinja2
 import yaml
 
-from croco.caching import Work, intact
+from croco.caching import Work, intact, run_here
 from croco.config import CrocoConfig, SlurmConfig
 from croco.errors import CrocoError
 from croco.execution import slurm
 from croco.plan import Unit
-from croco.storage import Storage, Version, storage_of
+from croco.storage import COMMIT_ONLY, ShardsMissing, Storage, Version, storage_of
 
 log = logging.getLogger("croco")
 
@@ -46,17 +47,44 @@ class JobFailed(Exception):
 
 
 TRAINING_STAGES = ("sft", "dpo")
+SHARDED_STAGES = ("generate", "score", "arena")  # the stages that can run as job arrays (execution.slurm.array_tasks)
 
 
-def render_script(cfg: CrocoConfig, unit: Unit, config_path: Path) -> str:
+@dataclass(frozen=True)
+class Array:
+    """A unit as a job array: `shares` tasks in all, of which `tasks` (those with unfinished shards) are submitted."""
+
+    shares: int
+    tasks: list[int]
+    throttle: int | None = None
+
+    @property
+    def spec(self) -> str:
+        """sbatch's `--array` value, runs of task indices as ranges: [0, 1, 2, 5] with throttle 2 -> `0-2,5%2`."""
+        runs: list[list[int]] = []
+        for task in self.tasks:
+            if runs and task == runs[-1][-1] + 1:
+                runs[-1].append(task)
+            else:
+                runs.append([task])
+        ranges = ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+        return ranges + (f"%{self.throttle}" if self.throttle else "")
+
+
+def render_script(cfg: CrocoConfig, unit: Unit, config_path: Path, array: Array | None = None) -> str:
     """The job script of one unit: the `#SBATCH` lines from the stage's settings, then `croco unit` (under the
-    container prefix, if any) with every value shell-quoted."""
+    container prefix, if any) with every value shell-quoted; for an array, each task does its share of the shards."""
     settings = cfg.execution.for_stage(unit.stage).slurm
     argv = [*settings.container, *_croco(cfg, unit.stage, settings), "unit", unit.stage, unit.language, unit.key]
     argv += ["--model", unit.model] if unit.model else []
     argv += ["--config", str(config_path)]
+    argv += ["--shares", str(array.shares)] if array else []
     return _template().render(
-        slurm=settings, job_name=re.sub(r"[^A-Za-z0-9._-]", "_", f"croco-{unit.run_name}"), unit_id=unit.id, argv=argv
+        slurm=settings,
+        job_name=re.sub(r"[^A-Za-z0-9._-]", "_", f"croco-{unit.run_name}"),
+        unit_id=unit.id,
+        array=array.spec if array else None,
+        argv=argv,
     )
 
 
@@ -103,17 +131,49 @@ class SlurmBackend:
         recorded = _recorded_job(version)
         if recorded:
             log.info("%s: waiting on its SLURM job %s, submitted by an earlier flow run", unit.id, recorded["job_id"])
-            statuses = _wait(cfg, recorded["job_id"])
+            try:
+                statuses = _wait(cfg, recorded["job_id"])
+            except slurm.UnknownJob as unknown:
+                raise CrocoError(
+                    f"{unit.id}: {unknown} It is named in {version.uri}/{JOB_RECORD}: if the job runs on another "
+                    "cluster, run the flow where that cluster's commands answer; if it is gone, delete that file to "
+                    "submit a new job."
+                ) from None
             if version.committed():
                 return version.committed_manifest()
-            log.warning(
-                "%s: SLURM job %s ended %s without committing; submitting a new job, which resumes its shards",
-                unit.id,
-                recorded["job_id"],
-                _states(statuses),
-            )
+            if "shares" not in recorded:  # an array's version is committed by the flow, below
+                log.warning(
+                    "%s: SLURM job %s ended %s without committing; submitting a new job, which resumes its shards",
+                    unit.id,
+                    recorded["job_id"],
+                    _states(statuses),
+                )
+        settings = cfg.execution.for_stage(unit.stage).slurm
+        if unit.stage in SHARDED_STAGES and settings.array_tasks > 1:
+            return _run_array(cfg, unit, work, storage, version)
         job = _submit(cfg, unit, storage, version)
-        return _outcome(unit, version, job, _wait(cfg, job["job_id"]))
+        statuses = _wait(cfg, job["job_id"])
+        if {s.state for s in statuses} == {"COMPLETED"} and version.committed():
+            return version.committed_manifest()
+        raise _failure(unit, job, statuses)
+
+
+def _run_array(cfg: CrocoConfig, unit: Unit, work: Work, storage: Storage, version: Version) -> dict[str, Any]:
+    """The unit as a job array over the shards not yet finished, then its commit here: one writer for the manifest
+    (this process holds the unit's lease), and no model loads here, for every shard is done by then."""
+    settings = cfg.execution.for_stage(unit.stage).slurm
+    try:
+        return run_here(cfg, unit, work, COMMIT_ONLY)  # every shard done already: an array that ended meanwhile
+    except ShardsMissing as missing:
+        shares = min(settings.array_tasks, missing.total)
+        array = Array(shares, sorted({position % shares for position in missing.missing}), settings.array_throttle)
+    job = _submit(cfg, unit, storage, version, array)
+    statuses = _wait(cfg, job["job_id"])
+    try:
+        return run_here(cfg, unit, work, COMMIT_ONLY)
+    except ShardsMissing as missing:
+        log.warning("%s: %s after job array %s", unit.id, missing, job["job_id"])
+        raise _failure(unit, job, statuses) from None
 
 
 def _job_folder(cfg: CrocoConfig, unit: Unit, storage: Storage) -> Path:
@@ -128,7 +188,7 @@ def _job_folder(cfg: CrocoConfig, unit: Unit, storage: Storage) -> Path:
     return Path(folder).resolve() / unit.version_path
 
 
-def _submit(cfg: CrocoConfig, unit: Unit, storage: Storage, version: Version) -> dict[str, Any]:
+def _submit(cfg: CrocoConfig, unit: Unit, storage: Storage, version: Version, array: Array | None = None) -> dict:
     if cfg.storage.credentials_block:
         raise CrocoError(
             "storage.credentials_block is read from the Prefect API, which a SLURM job never reads; give the flow's "
@@ -143,14 +203,38 @@ def _submit(cfg: CrocoConfig, unit: Unit, storage: Storage, version: Version) ->
     job_config["storage"]["root"] = storage.uri
     config_path.write_text(yaml.safe_dump(job_config, sort_keys=False, allow_unicode=True))
     script = folder / "unit.sbatch"
-    script.write_text(render_script(cfg, unit, config_path))
-    job_id = slurm.submit(
-        script, export=job_environment(cfg, settings), extra_args=["--output", str(folder / "%j.log")]
-    )
-    job = {"job_id": job_id, "log": str(folder / f"{job_id}.log"), "script": str(script), "submitted_at": time.time()}
+    script.write_text(render_script(cfg, unit, config_path, array))
+    # An array task's log is named by the array's id and its index, as the watcher names the task: 123_4.log.
+    output = ["--output", str(folder / ("%A_%a.log" if array else "%j.log"))]
+    export = job_environment(cfg, settings)
+    _preflight_once(script, export, output)
+    job_id = slurm.submit(script, export=export, extra_args=output)
+    job = {"job_id": job_id, "script": str(script), "submitted_at": time.time()}
+    if array:
+        job |= {"shares": array.shares, "tasks": array.tasks}
     storage.put(f"{version.path}/{JOB_RECORD}", json.dumps(job).encode())
-    log.info("%s: SLURM job %s submitted (log: %s)", unit.id, job_id, job["log"])
+    tasks = f" (array tasks {array.spec} of {array.shares})" if array else ""
+    log.info("%s: SLURM job %s submitted%s; logs in %s", unit.id, job_id, tasks, folder)
     return job
+
+
+def _preflight_once(script: Path, export: dict[str, str], extra_args: list[str]) -> None:
+    """`sbatch --test-only` before a flow run's first job of each shape (its #SBATCH lines but the name): a setting
+    sbatch refuses fails the unit with sbatch's own words before anything is queued."""
+    from prefect.runtime import flow_run
+
+    lines = script.read_text().splitlines()
+    shape = (flow_run.id, "\n".join(line for line in lines if line.startswith("#SBATCH") and "--job-name" not in line))
+    with _lock:
+        if shape in _tested:
+            return
+        _tested.add(shape)
+    try:
+        slurm.preflight(script, export=export, extra_args=extra_args)
+    except slurm.SlurmError:
+        with _lock:
+            _tested.discard(shape)
+        raise
 
 
 def _recorded_job(version: Version) -> dict[str, Any] | None:
@@ -161,15 +245,19 @@ def _recorded_job(version: Version) -> dict[str, Any] | None:
 
 
 _lock = threading.Lock()
-_watchers: list[slurm.JobWatcher] = []  # one per process: it polls for all of the flow's jobs at once
+# One watcher per process (per polling settings, the section's own): it polls for all of the flow's jobs at once.
+_watchers: dict[tuple[float, float, float], slurm.JobWatcher] = {}
 _waiting: set[str] = set()  # the jobs this process's units are waiting on now
+_tested: set[tuple[str | None, str]] = set()  # (flow run, script shape) pairs that passed `sbatch --test-only`
 
 
 def _watcher(cfg: CrocoConfig) -> slurm.JobWatcher:
+    settings = cfg.execution.slurm
+    key = (settings.poll_min_s, settings.poll_max_s, settings.unknown_job_s)
     with _lock:
-        if not _watchers:
-            _watchers.append(slurm.JobWatcher(cfg.execution.slurm.poll_min_s, cfg.execution.slurm.poll_max_s))
-        return _watchers[0]
+        if key not in _watchers:
+            _watchers[key] = slurm.JobWatcher(*key)
+        return _watchers[key]
 
 
 def _wait(cfg: CrocoConfig, job_id: str) -> list[slurm.JobStatus]:
@@ -204,24 +292,24 @@ def _states(statuses: list[slurm.JobStatus]) -> str:
     return ", ".join(sorted({s.state for s in statuses}))
 
 
-def _outcome(unit: Unit, version: Version, job: dict[str, Any], statuses: list[slurm.JobStatus]) -> dict[str, Any]:
+def _failure(unit: Unit, job: dict[str, Any], statuses: list[slurm.JobStatus]) -> Exception:
+    """Why the job (or an array's tasks) left the version uncommitted, with the end of the first failed task's log:
+    a CrocoError (not retried) for a cancellation or an error in the config, else JobFailed (retried)."""
     states = {s.state for s in statuses}
-    if states == {"COMPLETED"} and version.committed():
-        return version.committed_manifest()
-    job_id, tail = job["job_id"], _log_tail(Path(job["log"]))
+    failed = next((s for s in statuses if s.state != "COMPLETED"), statuses[0])
+    job_id, path = job["job_id"], Path(job["script"]).with_name(f"{failed.job_id}.log")
+    tail = _log_tail(path)
     if "CANCELLED" in states:
-        raise CrocoError(
+        return CrocoError(
             f"{unit.id}: SLURM job {job_id} was cancelled (scancel, or an administrator); run the flow again to "
-            f"submit it again. Its log {job['log']} ends:\n{tail}"
+            f"submit it again. Its log {path} ends:\n{tail}"
         )
     if any(s.exit_code.split(":")[0] == USER_ERROR_EXIT for s in statuses if s.state == "FAILED"):
-        raise CrocoError(f"{unit.id}: SLURM job {job_id} stopped on an error in the config or its inputs:\n{tail}")
-    log.warning(
-        "%s: SLURM job %s ended %s; the end of its log %s:\n%s", unit.id, job_id, _states(statuses), job["log"], tail
-    )
-    raise JobFailed(
-        f"{unit.id}: SLURM job {job_id} ended {_states(statuses)} without committing its version; a retry submits a "
-        f"new job that resumes from the finished shards. Its log {job['log']} ends:\n{tail}"
+        return CrocoError(f"{unit.id}: SLURM job {job_id} stopped on an error in the config or its inputs:\n{tail}")
+    log.warning("%s: SLURM job %s ended %s; the end of its log %s:\n%s", unit.id, job_id, _states(statuses), path, tail)
+    return JobFailed(
+        f"{unit.id}: SLURM job {job_id} ended {_states(statuses)} without finishing its version; a retry submits a "
+        f"new job that resumes from the finished shards. The log {path} ends:\n{tail}"
     )
 
 
