@@ -36,6 +36,7 @@ EPILOG = """examples:
   croco gc configs/demo.yaml --keep 3 --dry-run    what gc would delete, keeping the 3 newest completed runs
   croco config configs/eurollm-9b.yaml             check a config and print it with all defaults filled in
   croco deploy configs/my-run.yaml --schedule "0 3 * * *"   its deployments on the Prefect server, refreshed daily
+  croco image /scratch/project_x/croco-rocm.sif    build the cluster image (apptainer build) as a logged flow run
   croco audit-reward configs/demo.yaml             how well the reward model ranks answers in each language vs English
 """
 
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help=RUN_HELP + "; the first is the reference")
     compare.add_argument("--storage", metavar="ROOT", help="storage root of the RUNs given by run id or config name")
+    image = commands.add_parser(
+        "image", help="build the cluster image (apptainer build) as a Prefect flow run; print its path and sha256"
+    )
+    image.add_argument("output", metavar="IMAGE.sif", help="where the image goes")
+    image.add_argument("--definition", metavar="FILE", help="the definition file (default: croco's croco-rocm.def)")
+    image.add_argument("--builder", choices=("apptainer", "singularity"), default="apptainer")
+    image.add_argument("--force", action="store_true", help="build again over an existing image")
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("config", nargs="?", help="YAML run config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -316,6 +324,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from croco.compare import compare
 
         print(compare(args.runs, args.storage)[0])
+        return 0
+    if args.command == "image":
+        from croco.flows.image import image
+
+        _start_temporary_server()
+        with _user_errors_without_tracebacks():
+            built = image(output=args.output, definition=args.definition, builder=args.builder, force=args.force)
+        print(f"{built['path']} sha256:{built['sha256']}")
         return 0
     if args.command == "pair" and args.scored:
         return _migrate(args)
