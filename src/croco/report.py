@@ -39,7 +39,7 @@ RELATIVE_LINK = re.compile(r"(!?)\[([^\]]*)\]\((?![a-z][a-z0-9+.-]*:|/|#)([^)\s]
 # Every section of a report, in order: (anchor, title, the stages it shows). A section none of whose stages ran says so.
 SECTIONS = (
     ("config", "Config and versions", ()),
-    ("data-flow", "Data flow", ("prompts", "translate", "generate", "score", "pair")),
+    ("data-flow", "Data flow", ()),  # every unit of the run, and every skip
     ("rewards", "Rewards and chosen-rejected margins", ("score", "pair")),
     ("training", "Training", ("sft", "dpo")),
     ("arena", "Arena win rates", ("judge",)),
