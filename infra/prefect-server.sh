@@ -8,4 +8,7 @@ port="${1:-4200}"
 export PREFECT_HOME="${PREFECT_HOME:-$HOME/.prefect}"
 # Its telemetry heartbeat logs an error where the machine has no way out (most cluster nodes); croco needs none of it.
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
+# The UI asks the API at PREFECT_UI_API_URL, which Prefect derives from its port setting, not from --port: on any
+# port but 4200 the UI would show "Something went wrong".
+export PREFECT_UI_API_URL="${PREFECT_UI_API_URL:-http://127.0.0.1:$port/api}"
 exec prefect server start --host 127.0.0.1 --port "$port"
